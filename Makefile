@@ -1,0 +1,30 @@
+# Two entry points (README): `make demo` runs the quick B2M memory sweep on a local Ray
+# with MLflow in ./mlflow.db; `make test` runs the test suite. Both set up .venv first.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.raybrain-installed
+
+.PHONY: setup demo test bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch 2.14.1 + torchvision 0.29.1 are pinned together: see README "Install"
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/raybrain sweep search_spaces/b2m_memory_quick.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/sweep_overhead.py
+
+clean:
+	rm -rf raybrain_results mlflow.db

@@ -1,0 +1,44 @@
+"""Brain and stimulus data: task simulators, synthetic brains, controls and loaders.
+
+Numpy-level code only (no ray, mlflow or optuna). For the B2M memory task:
+
+- :mod:`raybrain.data.memory_task` - episode simulator, task rule and input encoding;
+- :mod:`raybrain.data.synthetic_brain` - synthetic brain embeddings with a known answer;
+- :mod:`raybrain.data.controls` - transforms for the ``shuffled`` and ``noise`` arms;
+- :mod:`raybrain.data.npz` - the npz layout for user-supplied embeddings.
+"""
+
+from raybrain.data.controls import phase_randomise, shuffle_steps
+from raybrain.data.memory_task import (
+    DISTRACTOR,
+    N_INPUTS,
+    NO_STIMULUS,
+    Episodes,
+    MemoryTaskConfig,
+    encode_inputs,
+    episodes_from_sequences,
+    simulate_episodes,
+    step_bins_to_time,
+    time_to_step_bins,
+)
+from raybrain.data.npz import NPZ_KEYS, load_memory_npz, save_memory_npz
+from raybrain.data.synthetic_brain import synthetic_brain
+
+__all__ = [
+    "DISTRACTOR",
+    "N_INPUTS",
+    "NO_STIMULUS",
+    "NPZ_KEYS",
+    "Episodes",
+    "MemoryTaskConfig",
+    "encode_inputs",
+    "episodes_from_sequences",
+    "load_memory_npz",
+    "phase_randomise",
+    "save_memory_npz",
+    "shuffle_steps",
+    "simulate_episodes",
+    "step_bins_to_time",
+    "synthetic_brain",
+    "time_to_step_bins",
+]

@@ -1,0 +1,162 @@
+"""Arms (conditions of the comparison) and the plan of runs of a config.
+
+An arm turns a config's params into the params of its runs:
+
+=========  ============  =====================================================
+arm        brain source  params
+=========  ============  =====================================================
+brain      real          the config's (alpha > 0)
+shuffled   shuffled      the config's; brain targets permuted across steps
+noise      noise         the config's; phase-randomised brain surrogates
+l2         none          brain knobs dropped, alpha = 0, weight_decay from a grid
+none       none          brain knobs dropped, alpha = 0, weight_decay = 0
+=========  ============  =====================================================
+
+Baseline arms (``l2``, ``none``) do not depend on the brain knobs: their runs are keyed by
+the params they do use, so every config that shares those params shares the same runs,
+which are trained once. Seed k means the same initialisation and data order in every arm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+from raybrain.registry import Registry
+
+
+@dataclass(frozen=True)
+class Arm:
+    """How an arm derives its runs' params from a config's params.
+
+    ``variants(params, task, arms_spec)`` returns one params dict per run variant at a
+    seed (several for ``l2``: one per weight decay).
+    """
+
+    name: str
+    brain_source: str | None
+    variants: Callable[[dict[str, Any], Any, Any], list[dict[str, Any]]]
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.brain_source is None
+
+
+ARMS: Registry[Arm] = Registry("arm")
+
+
+def register_arm(name: str, brain_source: str | None):
+    def deco(fn):
+        ARMS.register(name)(Arm(name, brain_source, fn))
+        return fn
+    return deco
+
+
+def baseline_params(params: dict[str, Any], task) -> dict[str, Any]:
+    """Params without the brain knobs, alpha set to 0 (what baseline arms train with)."""
+    brain = task.brain_params()
+    out = {k: v for k, v in params.items() if k not in brain}
+    if "alpha" in task.params:
+        out["alpha"] = 0.0
+    return out
+
+
+@register_arm("brain", "real")
+def _brain(params, task, arms_spec):
+    return [dict(params)]
+
+
+@register_arm("shuffled", "shuffled")
+def _shuffled(params, task, arms_spec):
+    return [dict(params)]
+
+
+@register_arm("noise", "noise")
+def _noise(params, task, arms_spec):
+    return [dict(params)]
+
+
+@register_arm("l2", None)
+def _l2(params, task, arms_spec):
+    base = baseline_params(params, task)
+    return [{**base, "weight_decay": float(w)} for w in arms_spec.l2_grid]
+
+
+@register_arm("none", None)
+def _none(params, task, arms_spec):
+    return [{**baseline_params(params, task), "weight_decay": 0.0}]
+
+
+BRAIN_ARMS = frozenset({"brain", "shuffled", "noise"})
+
+
+def params_hash(params: dict[str, Any], data_seed: int) -> str:
+    """Short stable hash of a run's identifying params."""
+    blob = json.dumps({"params": params, "data_seed": data_seed}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One (config, arm, seed) training = one MLflow child run.
+
+    ``config_id`` hashes the params that define the run (for a baseline arm: its own
+    params, so configs that share them share the run). ``baseline_key`` hashes the
+    params a baseline would use, for brain and baseline runs alike, so the analysis can
+    match a config to its baselines.
+    """
+
+    sweep: str
+    task: str
+    arm: str
+    seed: int
+    params: dict[str, Any]
+    brain_source: str | None
+    config_id: str
+    baseline_key: str
+    data_seed: int = 0
+    label: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """The deterministic run key ``sweep/config_id/arm/seed``."""
+        return f"{self.sweep}/{self.config_id}/{self.arm}/{self.seed}"
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.brain_source is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunSpec":
+        return cls(**d)
+
+
+def plan_config_runs(sweep: str, task, params: dict[str, Any], arms: list[str], arms_spec,
+                     seeds: list[int], data_seed: int = 0,
+                     label: dict[str, Any] | None = None) -> list[RunSpec]:
+    """All runs a config needs: its brain-dependent arms and its baselines, x seeds.
+
+    ``params`` are the config's full params (task defaults filled in).
+    """
+    full = {**task.defaults(), **params}
+    bkey = params_hash({k: v for k, v in baseline_params(full, task).items()
+                        if k != "weight_decay"}, data_seed)
+    cid = params_hash(full, data_seed)
+    runs = []
+    for arm_name in arms:
+        arm = ARMS.get(arm_name)
+        for variant in arm.variants(full, task, arms_spec):
+            rid = cid if not arm.is_baseline else params_hash(variant, data_seed)
+            lab = dict(label or {}) if not arm.is_baseline else (
+                {"weight_decay": variant["weight_decay"]} if arm_name == "l2" else {})
+            for seed in seeds:
+                runs.append(RunSpec(sweep=sweep, task=task.name, arm=arm_name, seed=int(seed),
+                                    params=variant, brain_source=arm.brain_source,
+                                    config_id=rid, baseline_key=bkey, data_seed=data_seed,
+                                    label=lab))
+    return runs

@@ -1,0 +1,152 @@
+"""Training runs one epoch at a time, with no Ray in sight.
+
+:class:`RunProgress` wraps one :class:`~raybrain.tasks.TaskRun`: each :meth:`step` trains
+one epoch, evaluates, and returns the epoch's metrics plus the area under the primary
+metric's trajectory so far. :class:`ConfigExecutor` holds all runs of a Tune trial and
+steps them in lockstep, so the trial can report an aggregate per epoch (what ASHA
+compares) and checkpoint after any epoch. The same classes run inside a Tune trial, inside
+a Ray Train worker, and directly in-process (unit tests, benchmarks).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from raybrain.sweep.arms import RunSpec
+
+
+class RunProgress:
+    """One run and its metric history.
+
+    Parameters
+    ----------
+    spec : RunSpec
+    run : TaskRun
+    primary : str
+        Metric whose trajectory area is tracked as ``<primary>_auc``.
+    """
+
+    def __init__(self, spec: RunSpec, run, primary: str):
+        self.spec, self.run, self.primary = spec, run, primary
+        self.history: dict[str, list[float]] = {}
+        self.diverged = False
+
+    @property
+    def done(self) -> bool:
+        return self.diverged or self.run.epoch >= self.run.epochs
+
+    def step(self, shard: tuple[int, int] = (0, 1)) -> dict[str, float]:
+        """Train and evaluate one epoch; returns that epoch's metrics (with ``epoch``)."""
+        metrics = dict(self.run.train_epoch(shard))
+        if not all(math.isfinite(v) for v in metrics.values()):
+            # non-finite loss: the run cannot recover; stop it and flag it
+            self.diverged = True
+            metrics.update({k: float("nan") for k in ("test_accuracy", "val_accuracy")})
+        else:
+            metrics.update(self.run.evaluate())
+        for k, v in metrics.items():
+            self.history.setdefault(k, []).append(float(v))
+        trajectory = self.history.get(self.primary, [])
+        metrics[f"{self.primary}_auc"] = float(np.mean(trajectory)) if trajectory else float("nan")
+        self.history.setdefault(f"{self.primary}_auc", []).append(metrics[f"{self.primary}_auc"])
+        metrics["epoch"] = self.run.epoch
+        return metrics
+
+    def summary(self) -> dict[str, float]:
+        """Summary metrics logged at the end of a run."""
+        out: dict[str, float] = {"diverged": float(self.diverged), "epochs_done": float(self.run.epoch)}
+        for k, vals in self.history.items():
+            if not vals:
+                continue
+            out[f"final_{k}"] = vals[-1]
+            finite = [v for v in vals if math.isfinite(v)]
+            if k.endswith("accuracy") and finite:
+                out[f"best_{k}"] = max(finite)
+        return out
+
+    def state(self) -> dict[str, Any]:
+        return {"run": self.run.state_dict(), "history": self.history, "diverged": self.diverged}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.run.load_state_dict(state["run"])
+        self.history = state["history"]
+        self.diverged = state["diverged"]
+
+
+class ConfigExecutor:
+    """All runs of one Tune trial, stepped together one epoch at a time.
+
+    Parameters
+    ----------
+    task : Task
+    data : Any
+        The task's loaded data (shared by all runs).
+    runs : list[RunSpec]
+    primary : str
+    device : str
+    """
+
+    def __init__(self, task, data, runs: list[RunSpec], primary: str, device: str = "cpu"):
+        self.progress = [
+            RunProgress(r, task.build(data, r.params, r.brain_source, r.seed, device), primary)
+            for r in runs
+        ]
+
+    @property
+    def done(self) -> bool:
+        return all(p.done for p in self.progress)
+
+    @property
+    def epoch(self) -> int:
+        return max(p.run.epoch for p in self.progress)
+
+    def step(self) -> list[dict[str, Any]]:
+        """Advance every unfinished run by one epoch.
+
+        Returns one record per run stepped: ``{"key", "run", "epoch", "metrics", "done",
+        "summary"}`` (``summary`` only once the run is done).
+        """
+        records = []
+        for p in self.progress:
+            if p.done:
+                continue
+            metrics = p.step()
+            rec = {"key": p.spec.key, "run": p.spec.to_dict(), "epoch": int(metrics["epoch"]),
+                   "metrics": metrics, "done": p.done}
+            if p.done:
+                rec["summary"] = p.summary()
+            records.append(rec)
+        return records
+
+    def state(self) -> dict[str, Any]:
+        return {p.spec.key: p.state() for p in self.progress}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        for p in self.progress:
+            if p.spec.key in state:
+                p.restore(state[p.spec.key])
+
+
+def aggregate_objective(records_by_key: dict[str, dict[str, float]], runs: list[RunSpec],
+                        metric: str, objective: str) -> float:
+    """One number per config for the searcher.
+
+    ``objective="brain"``: mean over seeds of ``metric`` in the brain arm.
+    ``objective="margin_shuffled"``: mean over seeds of (brain - shuffled), paired by seed.
+    Non-finite values (diverged runs) make the objective NaN, which the searcher treats
+    as a failed config.
+    """
+    by = {(r.arm, r.seed): records_by_key.get(r.key, {}).get(metric, float("nan"))
+          for r in runs if not r.is_baseline}
+    seeds = sorted({s for (_, s) in by})
+    if objective == "brain":
+        vals = [by.get(("brain", s), float("nan")) for s in seeds]
+    elif objective == "margin_shuffled":
+        vals = [by.get(("brain", s), float("nan")) - by.get(("shuffled", s), float("nan"))
+                for s in seeds]
+    else:
+        raise ValueError(f"objective must be 'brain' or 'margin_shuffled', got {objective!r}")
+    return float(np.mean(vals)) if vals else float("nan")

@@ -1,0 +1,336 @@
+"""The sweep spec: one YAML file, validated before anything runs.
+
+Layout (every key optional except ``name`` and ``task``)::
+
+    name: b2m-memory-quick          # stable sweep name: MLflow parent run, Tune experiment
+    task: b2m-memory                # a registered task
+    data: {...}                     # the task's data section (its own schema)
+    params:                         # fixed values, or one search distribution per knob
+      hidden: 64
+      alpha: {grid: [0.01, 0.05]}   # grid | uniform: [lo, hi] | loguniform: [lo, hi]
+      lr: {loguniform: [1e-4, 1e-2]}#   | int: [lo, hi] | choice: [a, b]
+    search: {algorithm: grid, metric: test_accuracy_auc, mode: max, objective: brain,
+             num_configs: 8, scheduler: none, primary: alpha, max_concurrent: 2, seed: 0}
+    arms: {include: [brain, shuffled, noise, l2, none], l2_grid: [1e-6, 1e-4]}
+    seeds: 5                        # or an explicit list of seeds
+    data_seed: 0
+    significance: 0.05
+    resources: {num_workers: 1, use_gpu: false, cpus_per_run: 1}
+    tracking: {uri: sqlite:///mlflow.db, experiment: raybrain}
+    storage: {path: ./raybrain_results, checkpoint_every: 1}
+
+Every problem is a :class:`~raybrain.errors.SpecError` with one line naming the key, what
+was expected and what was received. Unknown keys are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from raybrain.errors import SpecError
+
+DISTRIBUTIONS = ("grid", "uniform", "loguniform", "int", "choice")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SearchSpec(_Strict):
+    algorithm: Literal["grid", "optuna", "random"] = "grid"
+    metric: str = "test_accuracy_auc"
+    mode: Literal["max", "min"] = "max"
+    #: what the search optimises per config: the brain arm's metric (mean over seeds)
+    #: or its paired margin over the shuffled arm (mean over seeds of brain - shuffled)
+    objective: Literal["brain", "margin_shuffled"] = "brain"
+    num_configs: int | None = Field(None, ge=1)
+    scheduler: Literal["none", "asha"] = "none"
+    grace_period: int = Field(1, ge=1)
+    primary: str | None = None
+    max_concurrent: int | None = Field(None, ge=1)
+    seed: int = 0
+
+
+class ArmsSpec(_Strict):
+    include: list[str] = ["brain", "shuffled", "noise", "l2", "none"]
+    l2_grid: list[float] = [1e-7, 1e-6, 1e-5, 1e-4, 1e-3]
+
+
+class ResourcesSpec(_Strict):
+    #: Ray Train workers per run; more than 1 (or a GPU) runs each run as a TorchTrainer
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool | Literal["auto"] = False
+    cpus_per_run: float = Field(1.0, gt=0)
+    #: how many configs train at once (default: as many as the cluster's CPUs allow)
+    max_concurrent_trials: int | None = Field(None, ge=1)
+
+
+class TrackingSpec(_Strict):
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "raybrain"
+
+
+class StorageSpec(_Strict):
+    path: str = "./raybrain_results"
+    checkpoint_every: int = Field(1, ge=1)
+    max_failures: int = Field(1, ge=0)
+
+
+class Spec(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    task: str
+    data: dict[str, Any] = {}
+    params: dict[str, Any] = {}
+    search: SearchSpec = SearchSpec()
+    arms: ArmsSpec = ArmsSpec()
+    seeds: int | list[int] = 5
+    data_seed: int = 0
+    significance: float = Field(0.05, gt=0, lt=1)
+    resources: ResourcesSpec = ResourcesSpec()
+    tracking: TrackingSpec = TrackingSpec()
+    storage: StorageSpec = StorageSpec()
+
+    # -- derived ----------------------------------------------------------------------
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    def searched(self) -> dict[str, dict[str, Any]]:
+        """The params given as a search distribution: ``{name: {kind: values}}``."""
+        return {k: v for k, v in self.params.items() if isinstance(v, dict)}
+
+    def fixed(self) -> dict[str, Any]:
+        return {k: v for k, v in self.params.items() if not isinstance(v, dict)}
+
+    def spec_hash(self) -> str:
+        """Hash of everything that defines the sweep's results (not where they are stored)."""
+        d = self.model_dump(exclude={"tracking", "storage", "resources"})
+        blob = json.dumps(d, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    @property
+    def primary(self) -> str | None:
+        if self.search.primary:
+            return self.search.primary
+        s = list(self.searched())
+        return s[0] if s else None
+
+
+# ---------------------------------------------------------------------------------------
+def _pydantic_message(err: ValidationError, source: str) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(x) for x in e["loc"])
+    if e["type"] == "extra_forbidden":
+        parent = e["loc"][:-1]
+        return f"{source}: unknown key {loc!r}{_suggest(e['loc'][-1], parent)}"
+    if e["type"] == "missing":
+        return f"{source}: missing required key {loc!r}"
+    received = e.get("input")
+    return f"{source}: {loc}: {e['msg']} (got {received!r})"
+
+
+_KNOWN = {
+    (): list(Spec.model_fields),
+    ("search",): list(SearchSpec.model_fields),
+    ("arms",): list(ArmsSpec.model_fields),
+    ("resources",): list(ResourcesSpec.model_fields),
+    ("tracking",): list(TrackingSpec.model_fields),
+    ("storage",): list(StorageSpec.model_fields),
+}
+
+
+def _suggest(name, parent: tuple) -> str:
+    known = _KNOWN.get(tuple(parent))
+    if not known:
+        return ""
+    close = difflib.get_close_matches(str(name), known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{hint} expected one of {known}"
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate a spec file (schema only; see :func:`validate_spec` for the rest)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"spec file {str(path)!r} not found; expected a YAML sweep spec")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SpecError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return parse_spec(raw, source=str(path))
+
+
+def parse_spec(raw: Any, source: str = "spec") -> Spec:
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: expected a mapping of spec keys, got {type(raw).__name__}")
+    try:
+        return Spec.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(_pydantic_message(err, source)) from None
+
+
+# ---------------------------------------------------------------------------------------
+def _check_value(name: str, value: Any, param, source: str) -> Any:
+    kind = param.kind
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = float(value)
+        if not math.isfinite(value):
+            raise SpecError(f"{source}: params.{name} must be finite, got {value!r}")
+    elif kind is int and isinstance(value, int) and not isinstance(value, bool):
+        pass
+    elif kind is str and isinstance(value, str):
+        pass
+    elif kind is bool and isinstance(value, bool):
+        pass
+    else:
+        raise SpecError(f"{source}: params.{name} must be of type {kind.__name__}, "
+                        f"got {value!r} ({type(value).__name__})")
+    if param.low is not None and value < param.low:
+        raise SpecError(f"{source}: params.{name} must be >= {param.low}, got {value!r}")
+    if param.high is not None and value > param.high:
+        raise SpecError(f"{source}: params.{name} must be <= {param.high}, got {value!r}")
+    if param.choices is not None and value not in param.choices:
+        raise SpecError(f"{source}: params.{name} must be one of {list(param.choices)}, "
+                        f"got {value!r}")
+    return value
+
+
+def _param_values(name: str, dist: dict, param, source: str) -> list[Any]:
+    """Check one searched param; return the values whose bounds matter (grid/choice: all)."""
+    if len(dist) != 1 or next(iter(dist)) not in DISTRIBUTIONS:
+        raise SpecError(f"{source}: params.{name} must be a value or one of "
+                        f"{{{', '.join(k + ': ...' for k in DISTRIBUTIONS)}}}, got {dist!r}")
+    kind, values = next(iter(dist.items()))
+    if not isinstance(values, list) or not values:
+        raise SpecError(f"{source}: params.{name}.{kind} must be a non-empty list, got {values!r}")
+    if kind in ("uniform", "loguniform", "int"):
+        if len(values) != 2:
+            raise SpecError(f"{source}: params.{name}.{kind} must be [low, high], got {values!r}")
+        lo, hi = (_check_value(name, v, param, source) for v in values)
+        if not lo <= hi:
+            raise SpecError(f"{source}: params.{name}.{kind}: low <= high must hold, "
+                            f"got (low={lo}, high={hi})")
+        if kind == "loguniform" and lo <= 0:
+            raise SpecError(f"{source}: params.{name}.loguniform needs low > 0, got {lo}")
+        if kind == "int" and param.kind is not int:
+            raise SpecError(f"{source}: params.{name} is a {param.kind.__name__} knob; "
+                            f"'int' ranges are for int knobs")
+        return [lo, hi]
+    return [_check_value(name, v, param, source) for v in values]
+
+
+def validate_spec(spec: Spec, source: str = "spec", *, check_data: bool = True) -> dict[str, Any]:
+    """Check the spec against its task: param names, types, bounds, arms, data files.
+
+    Returns the parsed task data section. Raises :class:`SpecError` on the first problem;
+    warns when the seeds cannot reach the spec's significance level.
+    """
+    import raybrain.tasks as tasks
+    from raybrain.sweep.arms import ARMS, BRAIN_ARMS
+
+    task = tasks.get(spec.task)
+    for name, value in spec.params.items():
+        if name not in task.params:
+            close = difflib.get_close_matches(name, list(task.params), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise SpecError(f"{source}: unknown param {name!r} for task {spec.task!r}{hint} "
+                            f"expected one of {sorted(task.params)}")
+    values: dict[str, list[Any]] = {}
+    for name, value in spec.params.items():
+        param = task.params[name]
+        if isinstance(value, dict):
+            values[name] = _param_values(name, value, param, source)
+        else:
+            values[name] = [_check_value(name, value, param, source)]
+
+    searched = spec.searched()
+    algo = spec.search.algorithm
+    for name, dist in searched.items():
+        kind = next(iter(dist))
+        if algo == "grid" and kind not in ("grid", "choice"):
+            raise SpecError(f"{source}: search.algorithm 'grid' needs params.{name} as "
+                            f"{{grid: [...]}}, got {{{kind}: ...}}; use optuna or random for ranges")
+        if algo != "grid" and kind == "grid":
+            raise SpecError(f"{source}: params.{name} is a grid but search.algorithm is "
+                            f"{algo!r}; use choice: [...] or search.algorithm: grid")
+    if algo != "grid" and spec.search.num_configs is None:
+        raise SpecError(f"{source}: search.algorithm {algo!r} needs search.num_configs (>= 1)")
+    if algo != "grid" and not searched:
+        raise SpecError(f"{source}: search.algorithm {algo!r} needs at least one searched param")
+    if spec.search.primary and spec.search.primary not in task.params:
+        raise SpecError(f"{source}: search.primary {spec.search.primary!r} is not a param of "
+                        f"task {spec.task!r}; expected one of {sorted(task.params)}")
+
+    # arms
+    for arm in spec.arms.include:
+        if arm not in ARMS:
+            raise SpecError(f"{source}: unknown arm {arm!r} in arms.include; expected some of "
+                            f"{ARMS.names()}")
+    if len(set(spec.arms.include)) != len(spec.arms.include):
+        raise SpecError(f"{source}: arms.include lists an arm twice: {spec.arms.include}")
+    if not any(a in BRAIN_ARMS for a in spec.arms.include):
+        raise SpecError(f"{source}: arms.include needs a brain-dependent arm "
+                        f"({sorted(BRAIN_ARMS)}), got {spec.arms.include}")
+    if spec.search.objective == "margin_shuffled" and "shuffled" not in spec.arms.include:
+        raise SpecError(f"{source}: search.objective 'margin_shuffled' needs the 'shuffled' arm "
+                        f"in arms.include, got {spec.arms.include}")
+    if "alpha" in task.params:
+        alphas = values.get("alpha", [task.params["alpha"].default])
+        bad = [a for a in alphas if not 0 < a <= 1]
+        if bad:
+            raise SpecError(f"{source}: params.alpha must lie in (0, 1] for the brain arm "
+                            f"(alpha = 0 is the 'none' arm), got {bad[0]!r}")
+    if "l2" in spec.arms.include:
+        if not spec.arms.l2_grid or any(not (w > 0 and math.isfinite(w)) for w in spec.arms.l2_grid):
+            raise SpecError(f"{source}: arms.l2_grid must be a non-empty list of weight decays "
+                            f"> 0, got {spec.arms.l2_grid}")
+
+    # seeds
+    seeds = spec.seed_list
+    if isinstance(spec.seeds, int) and spec.seeds < 1:
+        raise SpecError(f"{source}: seeds must be >= 1, got {spec.seeds}")
+    if not seeds:
+        raise SpecError(f"{source}: seeds must list at least one seed, got []")
+    if len(set(seeds)) != len(seeds):
+        raise SpecError(f"{source}: seeds must be distinct, got {seeds}")
+    from raybrain.analysis.stats import min_exact_mw_pvalue
+
+    n = len(seeds)
+    if min_exact_mw_pvalue(n) > spec.significance or n < 2:
+        warnings.warn(
+            f"{source}: with {n} seed(s) per arm the smallest exact one-sided Mann-Whitney "
+            f"p-value is {min_exact_mw_pvalue(n):.3g}, which cannot reach significance "
+            f"{spec.significance}; use at least "
+            f"{next(k for k in range(2, 50) if min_exact_mw_pvalue(k) <= spec.significance)} seeds",
+            SpecWarning, stacklevel=2)
+
+    try:
+        data = task.parse_data(spec.data)
+    except ValidationError as err:
+        e = err.errors()[0]
+        loc = ".".join(str(x) for x in e["loc"])
+        if e["type"] == "extra_forbidden":
+            known = sorted(task.data_model.model_fields)
+            raise SpecError(f"{source}: unknown key 'data.{loc}' for task {spec.task!r}; "
+                            f"expected one of {known}") from None
+        msg = e["msg"].removeprefix("Value error, ")
+        where = f"data.{loc}: " if loc else ""
+        raise SpecError(f"{source}: {where}{msg}" + (f" (got {e['input']!r})" if loc else "")) from None
+    if check_data:
+        task.check_data(data, values)
+    return {"task": task, "data": data}
+
+
+class SpecWarning(UserWarning):
+    """A spec that runs but cannot deliver what it asks for (e.g. too few seeds)."""

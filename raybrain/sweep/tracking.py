@@ -1,0 +1,179 @@
+"""MLflow writes: one parent run per sweep, one child run per (config, arm, seed).
+
+All writes go through :class:`Tracker`, which lives in the sweep's driver process (Tune
+trials hand their metrics to a driver-side callback), so a SQLite store never sees two
+writers. Writes are idempotent: a run is looked up by its deterministic key (tag
+``raybrain.run_key``) before it is created, and epochs already logged (tag
+``raybrain.last_epoch``) are not logged again, so a resumed sweep never duplicates runs
+or metric points. No brain data is ever logged; data paths are pseudonymised.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from raybrain.sweep.arms import RunSpec
+
+PARENT_TAG = "raybrain.sweep"
+KEY_TAG = "raybrain.run_key"
+
+
+def _flat(prefix: str, d: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    for k, v in d.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(name + ".", v))
+        else:
+            out[name] = json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
+    return out
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+class Tracker:
+    """The one MLflow writer of a sweep.
+
+    Parameters
+    ----------
+    tracking_uri : str
+    experiment : str
+        MLflow experiment name (created if missing).
+    """
+
+    def __init__(self, tracking_uri: str, experiment: str):
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        mlflow.set_tracking_uri(tracking_uri)
+        self.uri = tracking_uri
+        self.client = MlflowClient(tracking_uri)
+        # creating/migrating the store happens here, once, before any trial starts
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            self.experiment_id = self.client.create_experiment(experiment)
+        else:
+            if exp.lifecycle_stage == "deleted":
+                self.client.restore_experiment(exp.experiment_id)
+            self.experiment_id = exp.experiment_id
+        self.parent_id: str | None = None
+        self._runs: dict[str, str] = {}
+        self._last_epoch: dict[str, int] = {}
+
+    # -- parent -------------------------------------------------------------------------
+    def find_parent(self, sweep: str):
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = {_quote(sweep)} and tags.`raybrain.role` = 'sweep'",
+            max_results=1)
+        return runs[0] if runs else None
+
+    def open_parent(self, sweep: str, spec_hash: str, spec_dict: dict[str, Any]) -> str:
+        """Get or create the sweep's parent run; refuse a different spec under the same name."""
+        from raybrain.errors import SpecError
+
+        run = self.find_parent(sweep)
+        if run is not None:
+            stored = run.data.tags.get("raybrain.spec_hash")
+            if stored != spec_hash:
+                raise SpecError(
+                    f"sweep {sweep!r} already exists in {self.uri} with spec hash {stored}, "
+                    f"but this spec hashes to {spec_hash}; resuming with a changed spec is "
+                    f"refused: use another --name or restore the original spec")
+            self.parent_id = run.info.run_id
+            if run.info.status != "RUNNING":
+                self.client.update_run(self.parent_id, status="RUNNING")
+            return self.parent_id
+        tags = {PARENT_TAG: sweep, "raybrain.role": "sweep", "raybrain.spec_hash": spec_hash,
+                "raybrain.task": spec_dict["task"], "mlflow.runName": sweep}
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=sweep)
+        self.parent_id = run.info.run_id
+        params = _flat("", {k: spec_dict[k] for k in ("task", "params", "search", "arms",
+                                                       "seeds", "data_seed", "significance",
+                                                       "data") if k in spec_dict})
+        from mlflow.entities import Param
+
+        self.client.log_batch(self.parent_id, params=[Param(k, v[:6000]) for k, v in params.items()])
+        self.client.log_dict(self.parent_id, spec_dict, "spec.json")
+        return self.parent_id
+
+    def close_parent(self, status: str = "FINISHED") -> None:
+        if self.parent_id:
+            self.client.set_terminated(self.parent_id, status=status)
+
+    # -- children -----------------------------------------------------------------------
+    def finished_run_keys(self) -> set[str]:
+        """Keys of the sweep's child runs that finished (for resume)."""
+        return {r.data.tags[KEY_TAG] for r in self.child_runs() if r.info.status == "FINISHED"}
+
+    def child_runs(self) -> list:
+        out, token = [], None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`mlflow.parentRunId` = {_quote(self.parent_id)}",
+                max_results=1000, page_token=token)
+            out.extend(page)
+            token = page.token
+            if not token:
+                return out
+
+    def _child(self, spec: RunSpec) -> str:
+        key = spec.key
+        if key in self._runs:
+            return self._runs[key]
+        found = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{KEY_TAG}` = {_quote(key)}", max_results=1)
+        if found:
+            run = found[0]
+            self._runs[key] = run.info.run_id
+            self._last_epoch[key] = int(run.data.tags.get("raybrain.last_epoch", 0))
+            return run.info.run_id
+        label = ",".join(f"{k}={v}" for k, v in spec.label.items())
+        name = f"{spec.arm}{'[' + label + ']' if label else ''} seed={spec.seed}"
+        tags = {"mlflow.parentRunId": self.parent_id, KEY_TAG: key,
+                "raybrain.arm": spec.arm, "raybrain.seed": str(spec.seed),
+                "raybrain.config_id": spec.config_id, "raybrain.baseline_key": spec.baseline_key,
+                "raybrain.task": spec.task, PARENT_TAG: spec.sweep, "raybrain.role": "run",
+                "raybrain.brain_source": str(spec.brain_source),
+                "raybrain.label": json.dumps(spec.label, sort_keys=True),
+                "mlflow.runName": name, "raybrain.last_epoch": "0"}
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=name)
+        from mlflow.entities import Param
+
+        params = {**{k: str(v) for k, v in spec.params.items()}, "seed": str(spec.seed),
+                  "arm": spec.arm, "data_seed": str(spec.data_seed)}
+        self.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
+        self._runs[key] = run.info.run_id
+        self._last_epoch[key] = 0
+        return run.info.run_id
+
+    def log_record(self, record: dict[str, Any]) -> None:
+        """Log one epoch of one run (a record from :class:`ConfigExecutor.step`)."""
+        from mlflow.entities import Metric, RunTag
+
+        spec = RunSpec.from_dict(record["run"])
+        run_id = self._child(spec)
+        epoch = int(record["epoch"])
+        ts = int(time.time() * 1000)
+        metrics = []
+        if epoch > self._last_epoch.get(spec.key, 0):
+            metrics = [Metric(k, float(v), ts, epoch) for k, v in record["metrics"].items()
+                       if k != "epoch"]
+            self._last_epoch[spec.key] = epoch
+        tags = [RunTag("raybrain.last_epoch", str(self._last_epoch[spec.key]))]
+        if record.get("done"):
+            metrics += [Metric(k, float(v), ts, 0) for k, v in record.get("summary", {}).items()]
+            tags.append(RunTag("raybrain.diverged", str(bool(record["summary"].get("diverged")))))
+        self.client.log_batch(run_id, metrics=metrics, tags=tags)
+        if record.get("done"):
+            self.client.set_terminated(run_id, status="FINISHED")
+
+    def mark_failed(self, keys: list[str]) -> None:
+        for key in keys:
+            if key in self._runs:
+                self.client.set_terminated(self._runs[key], status="FAILED")

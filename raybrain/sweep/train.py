@@ -1,0 +1,148 @@
+"""Runs as Ray Train ``TorchTrainer`` s (Train V2), for specs with several workers or a GPU.
+
+Each run of a trial becomes one ``TorchTrainer`` whose workers execute
+:func:`train_loop_per_worker`: the same :class:`~raybrain.sweep.execute.RunProgress` loop
+as in-process trials, with the model wrapped for data parallelism and the training
+episodes sharded by rank. Rank 0's per-epoch metrics travel back to the trial through a
+``ray.util.queue.Queue`` fed by a :class:`ray.train.UserCallback` on the Train
+controller; the trial reports an aggregate to Tune as soon as every run has finished that
+epoch. Each trainer has a stable name (from its run key) under the sweep's storage, so a
+restarted trial resumes every run from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import threading
+from typing import Any, Callable
+
+import ray
+import ray.train
+import torch
+from ray.train import UserCallback
+from ray.util.queue import Empty, Queue
+
+import raybrain.tasks as tasks
+from raybrain.sweep.arms import RunSpec
+from raybrain.sweep.execute import RunProgress, aggregate_objective
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Worker body: build the run, resume from Train's checkpoint, train, report."""
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(config.get("cpus_per_run", 1))))
+    spec = RunSpec.from_dict(config["run"])
+    task = tasks.get(spec.task)
+    data = task.load_data(task.parse_data(config["data"]), spec.data_seed)
+    device = ray.train.torch.get_device()
+    run = task.build(data, spec.params, spec.brain_source, spec.seed, device=str(device))
+    if world > 1:
+        run.wrap_model(ray.train.torch.prepare_model)
+    progress = RunProgress(spec, run, config["primary_metric"])
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            progress.restore(torch.load(os.path.join(d, "state.pt"), weights_only=False))
+    while not progress.done:
+        metrics = progress.step(shard=(rank, world))
+        payload = {"metrics": metrics, "done": progress.done}
+        if progress.done:
+            payload["summary"] = progress.summary()
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as d:
+                torch.save(progress.state(), os.path.join(d, "state.pt"))
+                ray.train.report(payload, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(payload)
+
+
+class QueueRelay(UserCallback):
+    """Controller-side callback: puts rank 0's report of one run on the trial's queue."""
+
+    def __init__(self, queue: Queue, key: str):
+        self.queue, self.key = queue, key
+
+    def after_report(self, run_context, metrics, checkpoint):
+        self.queue.put((self.key, metrics[0]))
+
+
+def _trainer_name(key: str) -> str:
+    return "run-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", key)
+
+
+def run_with_train(ctx: dict[str, Any], runs: list[RunSpec],
+                   report: Callable[[dict[str, Any]], None]) -> None:
+    """Train every run as a TorchTrainer (concurrently) and relay epochs to Tune."""
+    import json
+
+    from ray.train.torch import TorchTrainer
+
+    from raybrain.sweep.trial import RECORDS_KEY
+
+    queue = Queue(actor_options={"num_cpus": 0})
+    errors: list[BaseException] = []
+
+    def fit(spec: RunSpec) -> None:
+        try:
+            trainer = TorchTrainer(
+                train_loop_per_worker,
+                train_loop_config={"run": spec.to_dict(), "data": ctx["data"],
+                                   "primary_metric": ctx["primary_metric"],
+                                   "cpus_per_run": ctx["cpus_per_run"]},
+                scaling_config=ray.train.ScalingConfig(
+                    num_workers=ctx["num_workers"], use_gpu=ctx["use_gpu"],
+                    resources_per_worker={"CPU": ctx["cpus_per_run"]}),
+                run_config=ray.train.RunConfig(
+                    name=_trainer_name(spec.key), storage_path=ctx["storage"],
+                    callbacks=[QueueRelay(queue, spec.key)]),
+            )
+            trainer.fit()
+        except BaseException as exc:  # surfaced in the trial below
+            errors.append(exc)
+        finally:
+            queue.put((spec.key, None))
+
+    threads = [threading.Thread(target=fit, args=(r,), daemon=True) for r in runs]
+    for t in threads:
+        t.start()
+    by_key = {r.key: r for r in runs}
+    pending: dict[int, list[dict[str, Any]]] = {}
+    latest: dict[str, dict[str, float]] = {}
+    finished: set[str] = set()   # thread ended
+    done: set[str] = set()       # run reported its last epoch
+
+    def flush(upto: float) -> None:
+        for epoch in sorted(e for e in pending if e <= upto):
+            report({"objective": aggregate_objective(latest, runs, ctx["metric"], ctx["objective"]),
+                    "epoch": epoch, "runs_total": len(runs), "runs_done": len(done),
+                    RECORDS_KEY: json.dumps(pending.pop(epoch))})
+
+    while len(finished) < len(runs):
+        try:
+            key, payload = queue.get(timeout=1.0)
+        except Empty:
+            continue
+        if payload is None:
+            finished.add(key)
+        else:
+            epoch = int(payload["metrics"]["epoch"])
+            latest[key] = payload["metrics"]
+            rec = {"key": key, "run": by_key[key].to_dict(), "epoch": epoch,
+                   "metrics": payload["metrics"], "done": payload["done"]}
+            if payload["done"]:
+                rec["summary"] = payload["summary"]
+                done.add(key)
+            pending.setdefault(epoch, []).append(rec)
+        # an epoch is complete once every run still training has reported it
+        training = [k for k in by_key if k not in done and k not in finished]
+        flush(min((latest.get(k, {}).get("epoch", 0) for k in training), default=float("inf")))
+    flush(float("inf"))
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {len(runs)} Ray Train run(s) failed: {errors[0]}") from errors[0]

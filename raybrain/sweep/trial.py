@@ -1,0 +1,120 @@
+"""The Tune trainable: one Tune trial = one config.
+
+The trial's driver works out the config's runs (brain-dependent arms x seeds, plus the
+baseline runs no other trial has claimed), trains them, and reports after every epoch one
+aggregate objective (what Optuna and ASHA see) together with every run's metrics (which a
+driver-side callback writes to MLflow). Runs train in-process, in lockstep, by default; when
+the spec asks for more than one worker or a GPU, each run is a Ray Train ``TorchTrainer``
+(:mod:`raybrain.sweep.train`) and the trial relays their per-epoch metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from typing import Any
+
+import ray
+from ray import tune
+
+import raybrain.tasks as tasks
+from raybrain.sweep.arms import RunSpec, plan_config_runs
+from raybrain.sweep.execute import ConfigExecutor, aggregate_objective
+
+RECORDS_KEY = "raybrain_records"
+
+
+@ray.remote(num_cpus=0)
+class BaselineLedger:
+    """Which trial trains which baseline run (so each is trained once per sweep).
+
+    Seeded with the keys of runs already finished in MLflow; ``claim`` is idempotent for
+    the trial that owns a key (a restarted trial gets its own claims back).
+    """
+
+    def __init__(self, finished: list[str]):
+        self.owner: dict[str, str] = {k: "<finished>" for k in finished}
+
+    def claim(self, keys: list[str], trial_id: str) -> list[str]:
+        mine = []
+        for k in keys:
+            if self.owner.setdefault(k, trial_id) == trial_id:
+                mine.append(k)
+        return mine
+
+
+def config_params(config: dict[str, Any]) -> dict[str, Any]:
+    """The searched values of a Tune config (grid configs nest them under ``params``)."""
+    return dict(config["params"]) if "params" in config else dict(config)
+
+
+def plan_trial_runs(ctx: dict[str, Any], searched: dict[str, Any]) -> list[RunSpec]:
+    """All runs the config needs, before baseline claims."""
+    task = tasks.get(ctx["task"])
+    params = {**ctx["fixed"], **searched}
+    label = {k: searched[k] for k in sorted(searched)}
+    return plan_config_runs(ctx["sweep"], task, params, ctx["arms"], ctx["arms_spec"],
+                            ctx["seeds"], ctx["data_seed"], label=label)
+
+
+def config_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
+    """Tune function trainable (``ctx`` is bound with ``tune.with_parameters``)."""
+    torch_threads = max(1, int(ctx.get("cpus_per_run", 1)))
+    import torch
+
+    torch.set_num_threads(torch_threads)
+    searched = config_params(config)
+    checkpoint = tune.get_checkpoint()
+    state = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            with open(os.path.join(d, "state.pkl"), "rb") as f:
+                state = pickle.load(f)
+        runs = [RunSpec.from_dict(r) for r in state["runs"]]
+    else:
+        planned = plan_trial_runs(ctx, searched)
+        baselines = [r for r in planned if r.is_baseline]
+        ledger = ray.get_actor(ctx["ledger"])
+        trial_id = tune.get_context().get_trial_id()
+        mine = set(ray.get(ledger.claim.remote([r.key for r in baselines], trial_id)))
+        runs = [r for r in planned if not r.is_baseline or r.key in mine]
+
+    if ctx["use_train"]:
+        from raybrain.sweep.train import run_with_train
+
+        run_with_train(ctx, runs, report=lambda metrics: tune.report(metrics))
+        return
+
+    task = tasks.get(ctx["task"])
+    data = task.load_data(task.parse_data(ctx["data"]), ctx["data_seed"])
+    executor = ConfigExecutor(task, data, runs, ctx["primary_metric"])
+    if state is not None:
+        executor.restore(state["executor"])
+    latest: dict[str, dict[str, float]] = dict(state["latest"]) if state else {}
+    done: set[str] = set(state["done"]) if state else set()
+    every = ctx["checkpoint_every"]
+    while not executor.done:
+        records = executor.step()
+        for rec in records:
+            latest[rec["key"]] = rec["metrics"]
+            if rec["done"]:
+                done.add(rec["key"])
+        metrics = trial_metrics(ctx, runs, latest, done, records, executor.epoch)
+        if executor.epoch % every == 0 or executor.done:
+            with tempfile.TemporaryDirectory() as d:
+                with open(os.path.join(d, "state.pkl"), "wb") as f:
+                    pickle.dump({"runs": [r.to_dict() for r in runs],
+                                 "executor": executor.state(), "latest": latest,
+                                 "done": sorted(done)}, f)
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        else:
+            tune.report(metrics)
+
+
+def trial_metrics(ctx, runs, latest, done, records, epoch) -> dict[str, Any]:
+    """What a trial reports to Tune after an epoch."""
+    objective = aggregate_objective(latest, runs, ctx["metric"], ctx["objective"])
+    return {"objective": objective, "epoch": epoch, "runs_total": len(runs),
+            "runs_done": len(done), RECORDS_KEY: json.dumps(records)}

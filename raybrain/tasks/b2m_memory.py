@@ -1,0 +1,330 @@
+"""B2M memory task: a GRU learns the goal-switching task, its embedding pulled toward
+7-d brain embeddings by contrastive (InfoNCE) or latent (MSE) transfer.
+
+Protocol (B2M paper, section 4): the model sees episodes one-hot coded (context bins
+showing the current target, then per step pre-stimulus bins on the "no stimulus" unit and
+post-stimulus bins on the stimulus), answers accept (+1) or reject (-1) at each step's
+response bin(s), and is scored on freshly simulated episodes. Training episodes are the
+ones the brain data belong to, one to one. Loss: ``(1 - alpha) * MSE_task + alpha *
+L_transfer`` with ``L_transfer`` computed on the embedding layer at every time bin of every
+step (context bins have no brain data and are masked out).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from raybrain.align import TRANSFER_LOSSES, mix_losses
+from raybrain.data import (
+    Episodes,
+    MemoryTaskConfig,
+    encode_inputs,
+    load_memory_npz,
+    phase_randomise,
+    shuffle_steps,
+    simulate_episodes,
+    step_bins_to_time,
+    synthetic_brain,
+)
+from raybrain.errors import SpecError
+from raybrain.models import MemoryGRU
+from raybrain.tasks import register
+from raybrain.tasks.base import Param, Task, TaskRun
+
+
+class MemoryData(BaseModel):
+    """The ``data:`` section of a ``b2m-memory`` spec.
+
+    ``source: synthetic`` simulates training episodes and their brain embeddings
+    (``generator: informative`` mixes context, stimulus and time within step; ``null``
+    has the same statistics and no task information). ``source: npz`` reads the user's
+    embeddings and episode sequences (layout in :mod:`raybrain.data.npz`). Validation and
+    test episodes are always freshly simulated and never used for training.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Literal["synthetic", "npz"] = "synthetic"
+    path: str | None = None
+    generator: Literal["informative", "null"] = "informative"
+    snr: float = Field(1.0, gt=0)
+    n_train_episodes: int = Field(50, ge=2)
+    n_val_episodes: int = Field(200, ge=1)
+    n_test_episodes: int = Field(1000, ge=1)
+    pre_bins: int = Field(5, ge=1)
+    post_bins: int = Field(5, ge=1)
+    context_bins: int = Field(5, ge=1)
+    response_bins: int = Field(1, ge=1)
+    min_steps: int = Field(4, ge=1)
+    max_steps: int = Field(12, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.source == "npz" and not self.path:
+            raise ValueError("data.source 'npz' needs data.path (the .npz file of brain embeddings)")
+        if self.min_steps > self.max_steps:
+            raise ValueError(f"data.min_steps <= data.max_steps must hold, got "
+                             f"({self.min_steps}, {self.max_steps})")
+        if self.response_bins > self.post_bins:
+            raise ValueError(f"data.response_bins <= data.post_bins must hold, got "
+                             f"({self.response_bins}, {self.post_bins})")
+        return self
+
+    def task_config(self) -> MemoryTaskConfig:
+        return MemoryTaskConfig(pre_bins=self.pre_bins, post_bins=self.post_bins,
+                                context_bins=self.context_bins,
+                                response_bins=self.response_bins,
+                                min_steps=self.min_steps, max_steps=self.max_steps)
+
+
+@dataclass
+class EncodedSplit:
+    """Episodes of one split in the time layout, as tensors.
+
+    ``inputs`` (n, T, 4); ``response_mask``/``brain_mask`` (n, T) bool;
+    ``response_target`` (n, T); ``lengths_t`` (n,) number of real time bins.
+    """
+
+    episodes: Episodes
+    inputs: torch.Tensor
+    response_mask: torch.Tensor
+    response_target: torch.Tensor
+    brain_mask: torch.Tensor
+    lengths_t: torch.Tensor
+
+    @classmethod
+    def of(cls, episodes: Episodes, cfg: MemoryTaskConfig) -> "EncodedSplit":
+        enc = encode_inputs(episodes, cfg)
+        return cls(
+            episodes=episodes,
+            inputs=torch.from_numpy(enc["inputs"]),
+            response_mask=torch.from_numpy(enc["response_mask"]),
+            response_target=torch.from_numpy(enc["response_target"]),
+            brain_mask=torch.from_numpy(enc["brain_mask"]),
+            lengths_t=torch.from_numpy(enc["time_mask"].sum(1)),
+        )
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
+
+
+@dataclass
+class MemoryTaskData:
+    """Everything a sweep's runs share: the three splits and the brain views.
+
+    ``brain_steps`` (n_train_steps, bins_per_step, E): the real brain embeddings, one per
+    time bin per training step. Control views are built on first use from streams of the
+    data seed, so every run of a sweep sees the same permutation and the same surrogates.
+    """
+
+    cfg: MemoryTaskConfig
+    train: EncodedSplit
+    val: EncodedSplit
+    test: EncodedSplit
+    brain_steps: np.ndarray
+    data_seed: int
+    _views: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def brain_view(self, source: str) -> torch.Tensor:
+        """Brain targets in the time layout, shape (n_train, T, E), for ``source``."""
+        if source not in self._views:
+            if source == "real":
+                steps = self.brain_steps
+            elif source == "shuffled":
+                steps = shuffle_steps(self.brain_steps, np.random.default_rng([self.data_seed, 11]))
+            elif source == "noise":
+                steps = phase_randomise(self.brain_steps, np.random.default_rng([self.data_seed, 12]))
+            else:
+                raise ValueError(f"brain source must be one of real/shuffled/noise, got {source!r}")
+            timed = step_bins_to_time(steps, self.train.episodes, self.cfg)
+            self._views[source] = torch.from_numpy(np.ascontiguousarray(timed, dtype=np.float32))
+        return self._views[source]
+
+
+_PARAMS = {
+    "hidden": Param(512, int, low=1, help="GRU hidden size"),
+    "embed_dim": Param(7, int, low=1, help="size of the embedding aligned with the brain"),
+    "dropout": Param(0.3, float, low=0.0, high=0.99, help="dropout after the GRU"),
+    "lr": Param(1e-4, float, low=0.0, help="Adam learning rate"),
+    "epochs": Param(150, int, low=1, help="training epochs"),
+    "batch_size": Param(1, int, low=1, help="episodes per optimisation step"),
+    "weight_decay": Param(0.0, float, low=0.0, help="L2 penalty (Adam weight_decay)"),
+    "alpha": Param(0.0, float, brain=True, low=0.0, high=1.0,
+                   help="transfer weight: (1 - alpha) L_task + alpha L_transfer"),
+    "temperature": Param(0.1, float, brain=True, low=1e-6,
+                         help="InfoNCE temperature tau"),
+    "transfer": Param("contrastive", str, brain=True, choices=("contrastive", "latent"),
+                      help="transfer objective"),
+}
+
+
+@register("b2m-memory")
+class B2MMemory(Task):
+    """GRU on the goal-switching memory task with brain contrastive or latent transfer."""
+
+    params = _PARAMS
+    data_model = MemoryData
+    primary_metric = "test_accuracy"
+    primary_mode = "max"
+    metrics = ("test_accuracy", "val_accuracy", "test_task_loss", "task_loss",
+               "transfer_loss", "loss")
+    divergence_threshold = None
+
+    def check_data(self, data: MemoryData, params: dict[str, Any]) -> None:
+        embed_dims = params.get("embed_dim", [self.params["embed_dim"].default])
+        if data.source == "npz":
+            for dim in embed_dims:
+                load_memory_npz(data.path, data.task_config(), expected_dim=int(dim))
+
+    def load_data(self, data: MemoryData, data_seed: int) -> MemoryTaskData:
+        cfg = data.task_config()
+        if data.source == "npz":
+            episodes, brain = load_memory_npz(data.path, cfg, expected_dim=None)
+        else:
+            episodes = simulate_episodes(data.n_train_episodes, cfg,
+                                         np.random.default_rng([data_seed, 1]))
+            brain = synthetic_brain(episodes, cfg, np.random.default_rng([data_seed, 2]),
+                                    snr=data.snr, dim=7,
+                                    informative=data.generator == "informative")
+        val = simulate_episodes(data.n_val_episodes, cfg, np.random.default_rng([data_seed, 3]))
+        test = simulate_episodes(data.n_test_episodes, cfg, np.random.default_rng([data_seed, 4]))
+        return MemoryTaskData(cfg=cfg, train=EncodedSplit.of(episodes, cfg),
+                              val=EncodedSplit.of(val, cfg), test=EncodedSplit.of(test, cfg),
+                              brain_steps=np.asarray(brain, dtype=np.float32),
+                              data_seed=data_seed)
+
+    def build(self, data: MemoryTaskData, params: dict[str, Any], brain_source: str | None,
+              seed: int, device: str = "cpu") -> "MemoryRun":
+        p = {**self.defaults(), **params}
+        if p["embed_dim"] != data.brain_steps.shape[-1]:
+            raise SpecError(f"brain embedding dimension {data.brain_steps.shape[-1]} differs "
+                            f"from the model's embedding dimension {p['embed_dim']}")
+        if brain_source is not None and not p["alpha"] > 0:
+            raise SpecError(f"a run with brain source {brain_source!r} needs alpha > 0, "
+                            f"got alpha={p['alpha']}")
+        return MemoryRun(data, p, brain_source, seed, device)
+
+
+class MemoryRun(TaskRun):
+    """One GRU trained on the memory task (see :class:`B2MMemory`)."""
+
+    def __init__(self, data: MemoryTaskData, p: dict[str, Any], brain_source: str | None,
+                 seed: int, device: str):
+        self.data, self.p, self.source, self.seed = data, p, brain_source, seed
+        self.device = torch.device(device)
+        self.epochs = int(p["epochs"])
+        self.epoch = 0
+        self.alpha = float(p["alpha"]) if brain_source is not None else 0.0
+        self.transfer_fn = TRANSFER_LOSSES.get(p["transfer"])
+        # own RNG streams: results do not depend on how runs are interleaved
+        outer = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        self.model = MemoryGRU(4, int(p["hidden"]), int(p["embed_dim"]), float(p["dropout"])).to(self.device)
+        self._torch_rng = torch.random.get_rng_state()
+        torch.random.set_rng_state(outer)
+        self.order_rng = torch.Generator().manual_seed(seed)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(p["lr"]),
+                                          weight_decay=float(p["weight_decay"]))
+        self.brain_target = data.brain_view(brain_source) if brain_source else None
+        # alignment to the real brain is measured for every arm
+        self.brain_real = data.brain_view("real")
+
+    # -- training ---------------------------------------------------------------------
+    def _with_rng(self, fn):
+        outer = torch.random.get_rng_state()
+        torch.random.set_rng_state(self._torch_rng)
+        try:
+            return fn()
+        finally:
+            self._torch_rng = torch.random.get_rng_state()
+            torch.random.set_rng_state(outer)
+
+    def train_epoch(self, shard: tuple[int, int] = (0, 1)) -> dict[str, float]:
+        return self._with_rng(lambda: self._train_epoch(shard))
+
+    def _train_epoch(self, shard: tuple[int, int]) -> dict[str, float]:
+        rank, world = shard
+        tr = self.data.train
+        order = torch.randperm(len(tr), generator=self.order_rng)[rank::world]
+        bs = int(self.p["batch_size"])
+        self.model.train()
+        sums = {"task_loss": 0.0, "transfer_loss": 0.0, "loss": 0.0}
+        n_batches = 0
+        for start in range(0, len(order), bs):
+            idx = order[start:start + bs]
+            t_max = int(tr.lengths_t[idx].max())
+            x = tr.inputs[idx, :t_max].to(self.device)
+            rmask = tr.response_mask[idx, :t_max].to(self.device)
+            rtarget = tr.response_target[idx, :t_max].to(self.device)
+            bmask = tr.brain_mask[idx, :t_max].to(self.device)
+            out, emb = self.model(x)
+            task_loss = torch.mean((out[rmask] - rtarget[rmask]) ** 2)
+            temperature = float(self.p["temperature"])
+            if self.alpha > 0:
+                target = self.brain_target[idx, :t_max].to(self.device)
+                transfer = self.transfer_fn(emb, target, bmask, temperature)
+                loss = mix_losses(task_loss, transfer, self.alpha)
+                transfer_value = float(transfer.detach())
+            else:
+                loss = task_loss
+                with torch.no_grad():
+                    real = self.brain_real[idx, :t_max].to(self.device)
+                    transfer_value = float(self.transfer_fn(emb.detach(), real, bmask, temperature))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            sums["task_loss"] += float(task_loss.detach())
+            sums["transfer_loss"] += transfer_value
+            sums["loss"] += float(loss.detach())
+            n_batches += 1
+        self.epoch += 1
+        return {k: v / max(n_batches, 1) for k, v in sums.items()}
+
+    # -- evaluation -------------------------------------------------------------------
+    @torch.no_grad()
+    def _score(self, split: EncodedSplit, chunk: int = 256) -> tuple[float, float]:
+        """Accuracy (sign agreement per step) and task loss on ``split``."""
+        self.model.eval()
+        correct = total = 0
+        sq = 0.0
+        n_bins = 0
+        rb = self.data.cfg.response_bins
+        for s in range(0, len(split), chunk):
+            sl = slice(s, s + chunk)
+            t_max = int(split.lengths_t[sl].max())
+            out, _ = self.model(split.inputs[sl, :t_max].to(self.device))
+            mask = split.response_mask[sl, :t_max].to(self.device)
+            target = split.response_target[sl, :t_max].to(self.device)
+            o, t = out[mask], target[mask]
+            sq += float(((o - t) ** 2).sum())
+            n_bins += o.numel()
+            # the response bins of a step are contiguous: average them per step
+            o_step, t_step = o.view(-1, rb).mean(1), t.view(-1, rb)[:, 0]
+            correct += int((torch.sign(o_step) == t_step).sum())
+            total += o_step.numel()
+        return correct / total, sq / n_bins
+
+    def evaluate(self) -> dict[str, float]:
+        test_acc, test_loss = self._score(self.data.test)
+        val_acc, _ = self._score(self.data.val)
+        return {"test_accuracy": test_acc, "val_accuracy": val_acc, "test_task_loss": test_loss}
+
+    # -- state --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        model = self.model.module if hasattr(self.model, "module") else self.model
+        return {"model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "epoch": self.epoch, "torch_rng": self._torch_rng,
+                "order_rng": self.order_rng.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        model = self.model.module if hasattr(self.model, "module") else self.model
+        model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = int(state["epoch"])
+        self._torch_rng = state["torch_rng"]
+        self.order_rng.set_state(state["order_rng"])

@@ -1,0 +1,141 @@
+"""The interface every protocol implements.
+
+A :class:`Task` is one paper protocol, registered by name. It declares its knobs
+(:class:`Param`, each marked as depending on brain data or not), the schema of its
+``data:`` section, and its metrics. It loads the data of a sweep once
+(:meth:`Task.load_data`, deterministic in the data seed) and builds one
+:class:`TaskRun` per (params, brain source, seed). A run trains one epoch at a time and
+hands back metrics as ``dict[str, float]``; it never reports them itself. It exposes its
+whole state (model, optimisers, epoch, RNG) so the sweep layer can checkpoint after any
+epoch and resume where it stopped.
+
+Brain sources are what the arms feed a run: ``"real"`` brain targets, ``"shuffled"``
+(whole steps permuted), ``"noise"`` (phase-randomised surrogates), or ``None`` (no brain
+term: the ``l2`` and ``none`` arms). How a source is made is the task's business, since
+"a step" means something different for spike embeddings, EEG batches or RDMs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+
+BRAIN_SOURCES = ("real", "shuffled", "noise")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One knob of a task.
+
+    Attributes
+    ----------
+    default : Any
+        Value used when the spec does not set the knob.
+    kind : type
+        ``float``, ``int``, ``str`` or ``bool``.
+    brain : bool
+        True when the knob only matters with a brain term (alpha, temperature, ...).
+        Baseline arms (``l2``, ``none``) drop these knobs, so they are shared by every
+        config that differs only in them.
+    low, high : float or None
+        Inclusive bounds checked at validation.
+    choices : tuple or None
+        Allowed values for ``str`` knobs.
+    help : str
+        One line shown by ``raybrain tasks``-style listings and in errors.
+    """
+
+    default: Any
+    kind: type = float
+    brain: bool = False
+    low: float | None = None
+    high: float | None = None
+    choices: tuple | None = None
+    help: str = ""
+
+
+class TaskRun(ABC):
+    """One training run: one model, its optimiser(s) and its data view.
+
+    Attributes
+    ----------
+    epochs : int
+        Number of epochs the run trains for.
+    epoch : int
+        Epochs completed so far.
+    model : torch.nn.Module
+        The trained model (the distributed path wraps it for data parallelism).
+    """
+
+    epochs: int
+    epoch: int = 0
+
+    @abstractmethod
+    def train_epoch(self, shard: tuple[int, int] = (0, 1)) -> dict[str, float]:
+        """Train one epoch on shard ``shard = (rank, world_size)`` of the training data.
+
+        Returns training metrics (e.g. ``task_loss``, ``transfer_loss``, ``loss``).
+        """
+
+    @abstractmethod
+    def evaluate(self) -> dict[str, float]:
+        """Evaluate on held-out data; returns e.g. ``test_accuracy``, ``val_accuracy``."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: model, optimisers, epoch, RNG states."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+    def wrap_model(self, wrap) -> None:
+        """Replace the trained module by ``wrap(module)`` (data-parallel training)."""
+        self.model = wrap(self.model)
+
+
+class Task(ABC):
+    """A protocol: data, model and objective of one paper's experiment.
+
+    Subclasses set the class attributes and implement the three methods.
+    """
+
+    name: ClassVar[str]
+    params: ClassVar[dict[str, Param]]
+    data_model: ClassVar[type[BaseModel]]
+    #: metric the report's main panels use, and whether higher is better
+    primary_metric: ClassVar[str]
+    primary_mode: ClassVar[str] = "max"
+    #: metrics every run logs per epoch
+    metrics: ClassVar[tuple[str, ...]]
+    #: a loss above this that never comes back below it marks a run as diverged
+    divergence_threshold: ClassVar[float | None] = None
+
+    def parse_data(self, data: dict[str, Any]) -> BaseModel:
+        """Validate the spec's ``data:`` section against :attr:`data_model`."""
+        return self.data_model.model_validate(data)
+
+    @abstractmethod
+    def check_data(self, data: BaseModel, params: dict[str, Any]) -> None:
+        """Cheap checks of the data against the params (files exist, shapes, finiteness).
+
+        Raises :class:`raybrain.errors.SpecError` before any compute is spent.
+        """
+
+    @abstractmethod
+    def load_data(self, data: BaseModel, data_seed: int) -> Any:
+        """Load or simulate the sweep's data; deterministic in ``data_seed``."""
+
+    @abstractmethod
+    def build(self, data: Any, params: dict[str, Any], brain_source: str | None,
+              seed: int, device: str = "cpu") -> TaskRun:
+        """Build one run. ``seed`` fixes model initialisation and data order."""
+
+    def defaults(self) -> dict[str, Any]:
+        return {k: p.default for k, p in self.params.items()}
+
+    def brain_params(self) -> frozenset[str]:
+        return frozenset(k for k, p in self.params.items() if p.brain)
