@@ -10,12 +10,18 @@ destroying its correspondence to the task:
     data; only which step a brain response is paired with changes.
 
 ``noise`` arm -> :func:`phase_randomise`
-    Multivariate phase-randomised surrogates (Prichard & Theiler 1994), step by step:
-    the Fourier transform along time of every dimension of a step is rotated by random
-    phases that are shared by all dimensions of that step. Amplitudes are untouched, so
-    each step keeps its mean, its (circular) auto-correlation per dimension and its
-    (circular) cross-correlation between dimensions, the lag-0 covariance included;
-    the time course itself is replaced.
+    Multivariate phase-randomised surrogates (Prichard & Theiler 1994) of the whole
+    recording: the steps are laid end to end in their order into one time series, its
+    Fourier transform along time is rotated by random phases shared by all dimensions,
+    and the result is cut back into steps. Amplitudes are untouched, so the series keeps
+    its mean, the (circular) auto-correlation of every dimension and the (circular)
+    cross-correlation between dimensions, lag-0 covariance included; the time course is
+    replaced. The transform is deliberately *not* done step by step: a step's mean is
+    the zero-frequency term of its own spectrum, which a per-step surrogate keeps, and
+    when the brain encodes the task (the current target, the stimulus) the step means
+    carry that information. A per-step surrogate would therefore keep part of the
+    correspondence the control is meant to destroy (measured: a per-step "noise" arm
+    trained as well as the real brain arm on the informative synthetic data).
 
 Draw the ``rng`` from the sweep's data seed so every seed of a config sees the same
 control data.
@@ -72,14 +78,14 @@ def shuffle_steps(brain_steps: np.ndarray, rng: np.random.Generator,
 
 
 def phase_randomise(brain_steps: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Multivariate phase-randomised surrogate of every step.
+    """Multivariate phase-randomised surrogate of the whole recording.
 
-    For each step: real FFT along the time axis (axis 1); every non-zero frequency is
-    multiplied by ``exp(i * phi_f)`` with ``phi_f`` uniform on ``[0, 2 pi)``, the same
-    ``phi_f`` for all ``dim`` dimensions of the step (independent across steps and
-    frequencies); the zero-frequency term is left alone; for an even number of bins the
-    Nyquist term gets phase 0 or pi (chosen at random) so it stays real; then the inverse
-    real FFT with the original length.
+    The steps are concatenated in order into one series of ``n_steps * n_bins`` time
+    points; its real FFT along time has every non-zero frequency multiplied by
+    ``exp(i * phi_f)`` with ``phi_f`` uniform on ``[0, 2 pi)``, the same ``phi_f`` for all
+    ``dim`` dimensions; the zero-frequency term is left alone; for an even length the
+    Nyquist term gets phase 0 or pi (chosen at random) so it stays real; the inverse real
+    FFT with the original length is cut back into steps.
 
     Parameters
     ----------
@@ -89,22 +95,22 @@ def phase_randomise(brain_steps: np.ndarray, rng: np.random.Generator) -> np.nda
     Returns
     -------
     np.ndarray, shape (n_steps, n_bins, dim)
-        Same dtype as the input for floating inputs (float64 for integer inputs). Each
-        step keeps its per-dimension mean, its lag-0 covariance between dimensions and
-        the circular auto-correlation of every dimension (up to rounding).
+        Same dtype as the input for floating inputs (float64 for integer inputs). The
+        concatenated series keeps its per-dimension mean, its lag-0 covariance between
+        dimensions and the circular auto-correlation of every dimension (up to
+        rounding); step means, and with them the task information they carry, are not
+        kept.
     """
     arr = _check_steps(brain_steps, "phase_randomise")
     out_dtype = arr.dtype if arr.dtype.kind == "f" else np.float64
-    n_steps, n_bins, _ = arr.shape
-    spec = np.fft.rfft(arr.astype(np.float64), axis=1)  # (n_steps, n_bins//2 + 1, dim)
-    n_freq = spec.shape[1]
-    phases = rng.uniform(0.0, 2.0 * np.pi, size=(n_steps, n_freq))
-    phases[:, 0] = 0.0
-    if n_bins % 2 == 0:
-        phases[:, -1] = np.pi * rng.integers(0, 2, size=n_steps)
+    n_steps, n_bins, dim = arr.shape
+    n = n_steps * n_bins
+    series = arr.astype(np.float64).reshape(n, dim)
+    spec = np.fft.rfft(series, axis=0)  # (n//2 + 1, dim)
+    phases = rng.uniform(0.0, 2.0 * np.pi, size=spec.shape[0])
     rot = np.exp(1j * phases)
-    if n_bins % 2 == 0:
-        rot[:, -1] = rot[:, -1].real  # exactly +1 or -1
-    rot[:, 0] = 1.0
-    surrogate = np.fft.irfft(spec * rot[:, :, None], n=n_bins, axis=1)
-    return surrogate.astype(out_dtype, copy=False)
+    rot[0] = 1.0
+    if n % 2 == 0:
+        rot[-1] = 1.0 if rng.integers(0, 2) == 0 else -1.0
+    surrogate = np.fft.irfft(spec * rot[:, None], n=n, axis=0)
+    return surrogate.reshape(n_steps, n_bins, dim).astype(out_dtype, copy=False)

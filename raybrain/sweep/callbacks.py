@@ -29,6 +29,12 @@ class MlflowWriter(Callback):
             if rec["done"]:
                 self.trial_runs[trial.trial_id].discard(rec["key"])
 
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        # a config stopped early by the scheduler (ASHA) leaves its runs unfinished
+        left = sorted(self.trial_runs.pop(trial.trial_id, ()))
+        if left:
+            self.tracker.mark_stopped(left)
+
     def on_trial_error(self, iteration, trials, trial, **info):
         # runs left unfinished by a trial that gave up for good are marked failed;
         # a retried or resumed trial re-opens them by key
@@ -45,30 +51,39 @@ class ProgressPrinter(Callback):
         self.t0 = time.time()
         self.last = 0.0
         self.best: tuple[float, dict] | None = None
-        self.runs_done: dict[str, int] = {}
+        self.runs: dict[str, tuple[int, int]] = {}  # trial id -> (runs done, runs total)
 
     def __getstate__(self):
         d = self.__dict__.copy()
         d["out"] = None
         return d
 
-    def _line(self, trials, force=False):
-        now = time.time()
-        if not force and now - self.last < self.every_s:
-            return
-        self.last = now
+    def status_line(self, trials) -> str:
         states = [t.status for t in trials]
         done, running, failed = (states.count(s) for s in ("TERMINATED", "RUNNING", "ERROR"))
-        total_runs = self.plan.runs_per_config * self.plan.num_configs + (self.plan.baseline_runs or 0)
+        status = {t.trial_id: t.status for t in trials}
+        runs_done = sum(d for d, _ in self.runs.values())
+        runs_running = sum(n - d for tid, (d, n) in self.runs.items() if status.get(tid) == "RUNNING")
+        runs_failed = sum(n - d for tid, (d, n) in self.runs.items() if status.get(tid) == "ERROR")
+        total = self.plan.runs_per_config * self.plan.num_configs + (self.plan.baseline_runs or 0)
         best = ""
         if self.best is not None:
-            best = f" | best objective {self.best[0]:.4f} at {self.best[1]}"
-        self.out(f"[{now - self.t0:6.0f}s] configs {done}/{self.plan.num_configs} done, "
-                 f"{running} running, {failed} failed | runs {sum(self.runs_done.values())}"
-                 f"/{total_runs} done{best}")
+            cfg = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                            for k, v in sorted(self.best[1].items()))
+            best = f" | best objective {self.best[0]:.4f} ({cfg})"
+        return (f"[{time.time() - self.t0:6.0f}s] configs {done}/{self.plan.num_configs} done, "
+                f"{running} running, {failed} failed | runs {runs_done}/{total} done, "
+                f"{runs_running} running, {runs_failed} failed{best}")
+
+    def _line(self, trials, force=False):
+        now = time.time()
+        if force or now - self.last >= self.every_s:
+            self.last = now
+            self.out(self.status_line(trials))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.runs_done[trial.trial_id] = int(result.get("runs_done", 0))
+        self.runs[trial.trial_id] = (int(result.get("runs_done", 0)),
+                                     int(result.get("runs_total", 0)))
         self._line(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -77,8 +92,7 @@ class ProgressPrinter(Callback):
         if obj is not None and math.isfinite(obj):
             better = self.best is None or (obj > self.best[0] if self.mode == "max" else obj < self.best[0])
             if better:
-                cfg = trial.config.get("params", trial.config)
-                self.best = (obj, cfg)
+                self.best = (obj, dict(trial.config.get("params", trial.config)))
         self._line(trials, force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):

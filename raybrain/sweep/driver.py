@@ -140,10 +140,11 @@ class SweepResult:
 def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
               tracking_uri: str | None = None, name: str | None = None,
               max_configs: int | None = None, seeds: int | None = None,
-              dry_run: bool = False, out: Callable[[str], None] = print,
+              dry_run: bool = False, out: Callable[[str], None] | None = None,
               num_cpus: int | None = None) -> SweepResult | SweepPlan:
     """Validate and run ``spec``; returns the plan on ``dry_run``, else the result."""
     t0 = time.time()
+    out = out or (lambda line: print(line, flush=True))
     if name is not None or seeds is not None:
         update: dict[str, Any] = {}
         if name is not None:
@@ -206,6 +207,10 @@ def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
             use_gpu = ray.cluster_resources().get("GPU", 0) > 0
         res = spec.resources
         use_train = res.num_workers > 1 or bool(use_gpu)
+        execution = (f"ray-train TorchTrainer per run (num_workers={res.num_workers}, "
+                     f"use_gpu={bool(use_gpu)})" if use_train else "in-process per trial")
+        tracker.client.set_tag(parent_id, "raybrain.execution", execution)
+        out(f"execution: {execution}")
         ledger_name = f"raybrain-ledger-{spec.name}-{spec_hash}"
         ledger = BaselineLedger.options(name=ledger_name, get_if_exists=True).remote(finished)
         ctx = {"sweep": spec.name, "task": spec.task, "data": spec.data,

@@ -307,12 +307,12 @@ def validate_spec(spec: Spec, source: str = "spec", *, check_data: bool = True) 
     from raybrain.analysis.stats import min_exact_mw_pvalue
 
     n = len(seeds)
-    if min_exact_mw_pvalue(n) > spec.significance or n < 2:
+    if n < 2 or min_exact_mw_pvalue(n) >= spec.significance:
         warnings.warn(
             f"{source}: with {n} seed(s) per arm the smallest exact one-sided Mann-Whitney "
-            f"p-value is {min_exact_mw_pvalue(n):.3g}, which cannot reach significance "
+            f"p-value is {min_exact_mw_pvalue(n):.3g}, which is not below significance "
             f"{spec.significance}; use at least "
-            f"{next(k for k in range(2, 50) if min_exact_mw_pvalue(k) <= spec.significance)} seeds",
+            f"{next(k for k in range(2, 50) if min_exact_mw_pvalue(k) < spec.significance)} seeds",
             SpecWarning, stacklevel=2)
 
     try:

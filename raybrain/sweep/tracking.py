@@ -173,6 +173,13 @@ class Tracker:
         if record.get("done"):
             self.client.set_terminated(run_id, status="FINISHED")
 
+    def mark_stopped(self, keys: list[str]) -> None:
+        """Runs of a config the scheduler stopped early: status KILLED, tagged why."""
+        for key in keys:
+            if key in self._runs:
+                self.client.set_tag(self._runs[key], "raybrain.stopped_early", "scheduler")
+                self.client.set_terminated(self._runs[key], status="KILLED")
+
     def mark_failed(self, keys: list[str]) -> None:
         for key in keys:
             if key in self._runs:

@@ -1,0 +1,54 @@
+"""Shared fixtures: a tiny spec, a session-scoped local Ray, temp MLflow stores."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+TINY = {
+    "name": "tiny",
+    "task": "b2m-memory",
+    "data": {"n_train_episodes": 8, "n_val_episodes": 10, "n_test_episodes": 12,
+             "pre_bins": 1, "post_bins": 2, "context_bins": 1, "min_steps": 2, "max_steps": 4},
+    "params": {"hidden": 8, "epochs": 2, "batch_size": 4, "lr": 0.01, "transfer": "latent",
+               "alpha": {"grid": [0.1, 0.2]}},
+    "arms": {"include": ["brain", "shuffled", "noise", "l2", "none"], "l2_grid": [1e-4, 1e-3]},
+    "seeds": 2,
+}
+
+
+@pytest.fixture
+def tiny_spec_dict():
+    return copy.deepcopy(TINY)
+
+
+@pytest.fixture
+def write_spec(tmp_path):
+    def _write(d, name="spec.yaml"):
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(d))
+        return path
+    return _write
+
+
+@pytest.fixture(autouse=True)
+def _pseudonym_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAYBRAIN_PSEUDONYM_KEY_FILE", str(tmp_path / "key"))
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for every test that needs it."""
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,175 @@
+"""Arms, run planning, the lockstep executor and the memory task's runs (in-process)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import raybrain.tasks as tasks
+from raybrain.sweep import parse_spec
+from raybrain.sweep.arms import RunSpec, plan_config_runs
+from raybrain.sweep.driver import make_plan
+from raybrain.sweep.execute import ConfigExecutor, RunProgress, aggregate_objective
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def task():
+    return tasks.get("b2m-memory")
+
+
+@pytest.fixture(scope="module")
+def data(task):
+    from tests.conftest import TINY
+
+    return task.load_data(task.parse_data(TINY["data"]), 0)
+
+
+def _runs(task, spec_dict, params):
+    spec = parse_spec(spec_dict)
+    return plan_config_runs(spec.name, task, {**spec.fixed(), **params}, spec.arms.include,
+                            spec.arms, spec.seed_list, spec.data_seed)
+
+
+def test_arm_params(task, tiny_spec_dict):
+    runs = _runs(task, tiny_spec_dict, {"alpha": 0.1})
+    by_arm = {}
+    for r in runs:
+        by_arm.setdefault(r.arm, []).append(r)
+    assert {r.brain_source for r in by_arm["brain"]} == {"real"}
+    assert {r.brain_source for r in by_arm["shuffled"]} == {"shuffled"}
+    assert {r.brain_source for r in by_arm["noise"]} == {"noise"}
+    for arm in ("l2", "none"):
+        for r in by_arm[arm]:
+            assert r.brain_source is None and r.params["alpha"] == 0.0
+            assert "temperature" not in r.params and "transfer" not in r.params
+    assert sorted({r.params["weight_decay"] for r in by_arm["l2"]}) == [1e-4, 1e-3]
+    assert {r.params["weight_decay"] for r in by_arm["none"]} == {0.0}
+    assert all(r.params["alpha"] == 0.1 for a in ("brain", "shuffled", "noise") for r in by_arm[a])
+    # paired design: the same seeds in every arm
+    seeds = {a: sorted(r.seed for r in rs if r.params.get("weight_decay", 0) in (0, 1e-4))
+             for a, rs in by_arm.items()}
+    assert all(s == [0, 1] for s in seeds.values())
+    # keys are unique and deterministic
+    keys = [r.key for r in runs]
+    assert len(set(keys)) == len(keys)
+    assert keys == [r.key for r in _runs(task, tiny_spec_dict, {"alpha": 0.1})]
+
+
+def test_baseline_runs_are_shared_across_configs(task, tiny_spec_dict):
+    a = _runs(task, tiny_spec_dict, {"alpha": 0.1})
+    b = _runs(task, tiny_spec_dict, {"alpha": 0.2})
+    base_a = {r.key for r in a if r.is_baseline}
+    base_b = {r.key for r in b if r.is_baseline}
+    assert base_a == base_b and len(base_a) == (2 + 1) * 2
+    brain_a = {r.key for r in a if not r.is_baseline}
+    brain_b = {r.key for r in b if not r.is_baseline}
+    assert not brain_a & brain_b
+    # a different non-brain param makes different baselines
+    c = _runs(task, tiny_spec_dict, {"alpha": 0.1, "lr": 0.05})
+    assert not base_a & {r.key for r in c if r.is_baseline}
+    # the sweep plan counts each baseline run once
+    plan = make_plan(parse_spec(tiny_spec_dict), task)
+    assert plan.num_configs == 2 and plan.runs_per_config == 3 * 2 and plan.baseline_runs == 6
+
+
+def test_ledger_logic_claims_each_baseline_once(task, tiny_spec_dict):
+    from raybrain.sweep.trial import BaselineLedger
+
+    ledger = BaselineLedger.__ray_actor_class__(finished=["done-key"])
+    base = [r.key for r in _runs(task, tiny_spec_dict, {"alpha": 0.1}) if r.is_baseline]
+    first = ledger.claim(base + ["done-key"], "trial-1")
+    assert first == base
+    assert ledger.claim(base, "trial-2") == []
+    assert ledger.claim(base, "trial-1") == base  # a restarted trial gets its claims back
+
+
+def test_same_seed_same_initialisation_in_every_arm(task, data, tiny_spec_dict):
+    runs = _runs(task, tiny_spec_dict, {"alpha": 0.1})
+    seed0 = [r for r in runs if r.seed == 0]
+    states = [task.build(data, r.params, r.brain_source, r.seed).model.state_dict() for r in seed0]
+    for s in states[1:]:
+        assert all(torch.equal(s[k], states[0][k]) for k in s)
+    other = task.build(data, runs[0].params, runs[0].brain_source, 1).model.state_dict()
+    assert not torch.equal(other["embed.weight"], states[0]["embed.weight"])
+
+
+def test_brain_views_are_controls_of_the_real_data(data):
+    real, shuf, noise = (data.brain_view(s) for s in ("real", "shuffled", "noise"))
+    mask = data.train.brain_mask
+    assert real.shape == shuf.shape == noise.shape
+    assert not torch.equal(real[mask], shuf[mask])
+    # shuffled keeps the multiset of values; noise keeps the overall mean
+    assert torch.allclose(real[mask].sort(0).values, shuf[mask].sort(0).values)
+    assert torch.allclose(real[mask].mean(0), noise[mask].mean(0), atol=1e-4)
+    assert data.brain_view("real") is real  # built once, shared by runs
+
+
+def test_training_moves_parameters_and_transfer_lowers_transfer_loss(task, data):
+    params = {"hidden": 16, "epochs": 30, "batch_size": 4, "lr": 0.02, "transfer": "latent"}
+    brain = task.build(data, {**params, "alpha": 0.5}, "real", 0)
+    none = task.build(data, {**params, "alpha": 0.0}, None, 0)
+    before = {k: v.clone() for k, v in brain.model.state_dict().items()}
+    first_b = brain.train_epoch()["transfer_loss"]
+    for _ in range(29):
+        last_b = brain.train_epoch()["transfer_loss"]
+        last_n = none.train_epoch()["transfer_loss"]
+    assert all(not torch.equal(before[k], v) for k, v in brain.model.state_dict().items())
+    assert last_b < first_b
+    assert last_b < last_n  # only the brain arm is pulled toward the brain
+
+
+def test_resume_from_state_equals_uninterrupted(task, data):
+    params = {"hidden": 8, "epochs": 4, "batch_size": 4, "lr": 0.01, "alpha": 0.2,
+              "transfer": "latent"}
+    a = task.build(data, params, "real", 3)
+    ma = [a.train_epoch() for _ in range(4)]
+    b = task.build(data, params, "real", 3)
+    b.train_epoch(), b.train_epoch()
+    state = b.state_dict()
+    c = task.build(data, params, "real", 3)
+    c.load_state_dict(state)
+    mc = [c.train_epoch() for _ in range(2)]
+    assert mc == ma[2:]
+    assert c.evaluate() == a.evaluate()
+
+
+def test_lockstep_executor_records_and_objective(task, data, tiny_spec_dict):
+    runs = _runs(task, tiny_spec_dict, {"alpha": 0.1})
+    ex = ConfigExecutor(task, data, runs, task.primary_metric)
+    records = ex.step()
+    assert len(records) == len(runs) and not ex.done
+    rec = records[0]
+    assert rec["epoch"] == 1 and set(task.metrics) <= set(rec["metrics"])
+    assert "test_accuracy_auc" in rec["metrics"]
+    last = ex.step()
+    assert ex.done and all(r["done"] and "summary" in r for r in last)
+    assert ex.step() == []
+    latest = {r["key"]: r["metrics"] for r in last}
+    brain = [latest[r.key]["test_accuracy_auc"] for r in runs if r.arm == "brain"]
+    shuf = [latest[r.key]["test_accuracy_auc"] for r in runs if r.arm == "shuffled"]
+    assert aggregate_objective(latest, runs, "test_accuracy_auc", "brain") == pytest.approx(np.mean(brain))
+    assert aggregate_objective(latest, runs, "test_accuracy_auc", "margin_shuffled") == \
+        pytest.approx(np.mean(brain) - np.mean(shuf))
+    # results do not depend on how runs are interleaved: rerun one alone
+    solo = RunProgress(runs[0], task.build(data, runs[0].params, runs[0].brain_source,
+                                           runs[0].seed), task.primary_metric)
+    solo.step()
+    m = solo.step()
+    assert m["test_accuracy"] == latest[runs[0].key]["test_accuracy"]
+    assert m["loss"] == latest[runs[0].key]["loss"]
+
+
+def test_trajectory_area_is_running_mean(task, data):
+    spec = RunSpec("s", "b2m-memory", "none", 0, {"hidden": 8, "epochs": 3, "lr": 0.01},
+                   None, "c", "b")
+    p = RunProgress(spec, task.build(data, spec.params, None, 0), "test_accuracy")
+    ms = [p.step() for _ in range(3)]
+    accs = [m["test_accuracy"] for m in ms]
+    assert [m["test_accuracy_auc"] for m in ms] == pytest.approx(
+        [accs[0], np.mean(accs[:2]), np.mean(accs)])
+    s = p.summary()
+    assert s["final_test_accuracy"] == accs[-1] and s["best_test_accuracy"] == max(accs)
+    assert s["diverged"] == 0.0

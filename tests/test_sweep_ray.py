@@ -1,0 +1,123 @@
+"""End to end through a real local Ray, real Optuna and a real MLflow SQLite store."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from raybrain.errors import SpecError
+from raybrain.sweep import parse_spec, run_sweep
+from raybrain.sweep.tracking import Tracker
+
+pytestmark = pytest.mark.integration
+
+
+def _children(uri, name):
+    tracker = Tracker(uri, "raybrain")
+    parent = tracker.find_parent(name)
+    tracker.parent_id = parent.info.run_id
+    return tracker, parent, tracker.child_runs()
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_grid_sweep_end_to_end_and_idempotent_rerun(ray_session, in_tmp, tiny_spec_dict):
+    spec = parse_spec(tiny_spec_dict)
+    uri = f"sqlite:///{in_tmp}/mlflow.db"
+    lines: list[str] = []
+    result = run_sweep(spec, tracking_uri=uri, out=lines.append)
+    tracker, parent, children = _children(uri, "tiny")
+    # 2 configs x (brain, shuffled, noise) x 2 seeds + baselines once: (2 l2 + 1 none) x 2 seeds
+    assert len(children) == 2 * 3 * 2 + 3 * 2
+    assert parent.info.run_id == result.parent_run_id
+    keys = [c.data.tags["raybrain.run_key"] for c in children]
+    assert len(set(keys)) == len(keys)
+    for c in children:
+        t = c.data.tags
+        assert t["mlflow.parentRunId"] == parent.info.run_id
+        assert t["raybrain.task"] == "b2m-memory" and t["raybrain.arm"] in (
+            "brain", "shuffled", "noise", "l2", "none")
+        assert t["raybrain.seed"] in ("0", "1") and t["raybrain.config_id"]
+        assert c.info.status == "FINISHED"
+        hist = tracker.client.get_metric_history(c.info.run_id, "test_accuracy")
+        assert sorted(m.step for m in hist) == [1, 2]
+        for m in ("task_loss", "transfer_loss", "test_accuracy_auc"):
+            assert [h.step for h in tracker.client.get_metric_history(c.info.run_id, m)] == [1, 2]
+        assert "final_test_accuracy" in c.data.metrics
+    by_arm = {}
+    for c in children:
+        by_arm.setdefault(c.data.tags["raybrain.arm"], []).append(c)
+    assert len(by_arm["l2"]) == 4 and len(by_arm["none"]) == 2
+    assert {c.data.params["alpha"] for c in by_arm["brain"]} == {"0.1", "0.2"}
+    # the verdict: printed, and logged as CSV on the parent
+    text = "\n".join(lines)
+    assert "config alpha=0.1" in text and "config alpha=0.2" in text and "MW p" in text
+    assert any(line.startswith("execution: in-process") for line in lines)
+    rows = result.table.test_rows()
+    assert {r["comparison"] for r in rows} >= {"shuffled", "noise"}
+    assert any(r["comparison"].startswith("l2[weight_decay=") for r in rows)
+    assert all(r["p_mannwhitney"] is not None and 0 < r["p_mannwhitney"] <= 1 for r in rows)
+    csv_text = tracker.client.download_artifacts(parent.info.run_id, "verdict.csv", str(in_tmp))
+    assert "p_mannwhitney" in open(csv_text).read()
+    assert parent.data.tags["raybrain.spec_hash"] == spec.spec_hash()
+
+    # running the same sweep again resumes a finished experiment: nothing is re-run
+    run_sweep(spec, tracking_uri=uri, out=lines.append)
+    _, _, again = _children(uri, "tiny")
+    assert sorted(c.info.run_id for c in again) == sorted(c.info.run_id for c in children)
+
+    # the same name with a changed spec is refused before anything runs
+    changed = parse_spec({**tiny_spec_dict, "seeds": 3})
+    with pytest.raises(SpecError, match="changed spec"):
+        run_sweep(changed, tracking_uri=uri, out=lines.append)
+
+
+def test_optuna_sweep_shares_baselines(ray_session, in_tmp, tiny_spec_dict):
+    d = {**tiny_spec_dict, "name": "tiny-optuna",
+         "params": {**tiny_spec_dict["params"], "alpha": {"uniform": [0.05, 0.5]},
+                    "temperature": {"loguniform": [0.05, 1.0]}},
+         "search": {"algorithm": "optuna", "num_configs": 3, "objective": "margin_shuffled",
+                    "scheduler": "asha"},
+         "arms": {"include": ["brain", "shuffled", "none"]}}
+    uri = f"sqlite:///{in_tmp}/mlflow.db"
+    result = run_sweep(parse_spec(d), tracking_uri=uri, out=lambda s: None)
+    _, parent, children = _children(uri, "tiny-optuna")
+    brain = [c for c in children if c.data.tags["raybrain.arm"] == "brain"]
+    none = [c for c in children if c.data.tags["raybrain.arm"] == "none"]
+    assert len({c.data.tags["raybrain.config_id"] for c in brain}) == 3
+    assert len(brain) == 3 * 2 and len(none) == 2  # the baseline runs once, not per config
+    alphas = {float(c.data.params["alpha"]) for c in brain}
+    assert len(alphas) == 3 and all(0.05 <= a <= 0.5 for a in alphas)
+    # ASHA may stop configs early: their runs are closed as KILLED and left out of the verdict
+    assert {c.info.status for c in children} <= {"FINISHED", "KILLED"}
+    stopped = {c.data.tags["raybrain.config_id"] for c in brain if c.info.status == "KILLED"}
+    assert all(c.data.tags.get("raybrain.stopped_early") == "scheduler"
+               for c in brain if c.info.status == "KILLED")
+    assert len(result.table.test_rows()) == (3 - len(stopped)) * 2  # vs shuffled: final, area
+
+
+def test_one_run_through_a_torch_trainer(ray_session, in_tmp, tiny_spec_dict):
+    d = {**tiny_spec_dict, "name": "tiny-train",
+         "params": {**tiny_spec_dict["params"], "alpha": {"grid": [0.2]}},
+         "arms": {"include": ["brain"]}, "seeds": 1,
+         "resources": {"num_workers": 2, "cpus_per_run": 0.5}}
+    uri = f"sqlite:///{in_tmp}/mlflow.db"
+    lines: list[str] = []
+    with pytest.warns(UserWarning, match="seed"):
+        run_sweep(parse_spec(d), tracking_uri=uri, out=lines.append)
+    tracker, parent, children = _children(uri, "tiny-train")
+    assert parent.data.tags["raybrain.execution"].startswith("ray-train TorchTrainer")
+    assert len(children) == 1
+    (child,) = children
+    hist = tracker.client.get_metric_history(child.info.run_id, "test_accuracy")
+    assert sorted(m.step for m in hist) == [1, 2]
+    assert child.info.status == "FINISHED"
+    # Ray Train kept the run's checkpoint under the sweep's storage
+    assert list((in_tmp / "raybrain_results").glob("run-tiny-train_*"))
+    assert json.loads((in_tmp / "raybrain_results" / "tiny-train" / "raybrain_spec.json")
+                      .read_text())["spec_hash"] == parse_spec(d).spec_hash()

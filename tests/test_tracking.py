@@ -1,0 +1,72 @@
+"""MLflow writes: parent/child structure, tags, per-epoch metrics, idempotency (real SQLite store)."""
+
+from __future__ import annotations
+
+import pytest
+
+from raybrain.errors import SpecError
+from raybrain.sweep.arms import RunSpec
+from raybrain.sweep.tracking import Tracker
+
+pytestmark = pytest.mark.integration
+
+
+def _record(spec: RunSpec, epoch: int, done: bool = False, acc: float = 0.5):
+    rec = {"key": spec.key, "run": spec.to_dict(), "epoch": epoch,
+           "metrics": {"test_accuracy": acc + epoch / 100, "loss": 1.0 / epoch, "epoch": epoch},
+           "done": done}
+    if done:
+        rec["summary"] = {"final_test_accuracy": acc + epoch / 100, "diverged": 0.0}
+    return rec
+
+
+@pytest.fixture
+def tracker(tmp_path):
+    return Tracker(f"sqlite:///{tmp_path}/mlflow.db", "exp")
+
+
+def test_children_are_created_once_with_tags_and_epochs(tracker, tmp_path):
+    parent = tracker.open_parent("sw", "hash1", {"task": "b2m-memory", "params": {"alpha": 0.1}})
+    spec = RunSpec("sw", "b2m-memory", "brain", 3, {"alpha": 0.1}, "real", "cfg1", "base1",
+                   label={"alpha": 0.1})
+    for e in (1, 2):
+        tracker.log_record(_record(spec, e))
+    # a second writer (a restarted driver) re-reports epoch 2 and then finishes
+    again = Tracker(tracker.uri, "exp")
+    assert again.open_parent("sw", "hash1", {"task": "b2m-memory"}) == parent
+    again.log_record(_record(spec, 2))
+    again.log_record(_record(spec, 3, done=True))
+    children = again.child_runs()
+    assert len(children) == 1
+    run = children[0]
+    tags = run.data.tags
+    assert tags["mlflow.parentRunId"] == parent
+    assert tags["raybrain.arm"] == "brain" and tags["raybrain.seed"] == "3"
+    assert tags["raybrain.config_id"] == "cfg1" and tags["raybrain.task"] == "b2m-memory"
+    assert tags["raybrain.run_key"] == "sw/cfg1/brain/3"
+    assert run.info.status == "FINISHED"
+    history = again.client.get_metric_history(run.info.run_id, "test_accuracy")
+    assert sorted(m.step for m in history) == [1, 2, 3]  # epoch 2 not duplicated
+    assert run.data.metrics["final_test_accuracy"] == pytest.approx(0.53)
+    assert run.data.params["alpha"] == "0.1" and run.data.params["seed"] == "3"
+    assert again.finished_run_keys() == {"sw/cfg1/brain/3"}
+
+
+def test_changed_spec_is_refused(tracker):
+    tracker.open_parent("sw", "hash1", {"task": "b2m-memory"})
+    with pytest.raises(SpecError, match="changed spec"):
+        Tracker(tracker.uri, "exp").open_parent("sw", "hash2", {"task": "b2m-memory"})
+
+
+def test_no_brain_data_or_raw_paths_in_parent(tracker, tmp_path):
+    from raybrain.sweep.privacy import pseudonym
+
+    secret = str(tmp_path / "participant-07" / "brain.npz")
+    pid = tracker.open_parent("sw", "h", {"task": "b2m-memory",
+                                          "data": {"path": pseudonym(secret, "file")}})
+    run = tracker.client.get_run(pid)
+    assert all("participant-07" not in v for v in run.data.params.values())
+    assert run.data.params["data.path"].startswith("file-")
+    assert pseudonym(secret, "file") == run.data.params["data.path"]  # stable
+    arts = [a.path for a in tracker.client.list_artifacts(pid)]
+    assert arts == ["spec.json"]
