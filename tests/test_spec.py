@@ -189,3 +189,8 @@ def test_cli_error_has_no_traceback(tmp_path, write_spec, tiny_spec_dict):
     assert "Traceback" not in proc.stderr
     assert [line for line in proc.stderr.splitlines() if line.strip()] == [
         line for line in proc.stderr.splitlines() if line.startswith("error:")]
+
+
+def test_bare_yaml_null_generator_is_explained(tmp_path, capsys, write_spec, tiny_spec_dict):
+    d = dict(tiny_spec_dict, data={**tiny_spec_dict["data"], "generator": None})
+    _assert_rejected(tmp_path, capsys, write_spec, d, "data.generator", "in quotes")

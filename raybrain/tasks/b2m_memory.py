@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from raybrain.align import TRANSFER_LOSSES, mix_losses
 from raybrain.data import (
@@ -62,6 +62,14 @@ class MemoryData(BaseModel):
     response_bins: int = Field(1, ge=1)
     min_steps: int = Field(4, ge=1)
     max_steps: int = Field(12, ge=1)
+
+    @field_validator("generator", mode="before")
+    @classmethod
+    def _bare_null(cls, v):
+        if v is None:
+            raise ValueError("generator must be 'informative' or 'null'; write \"null\" in quotes "
+                             "(a bare null is YAML's empty value)")
+        return v
 
     @model_validator(mode="after")
     def _check(self):
