@@ -80,10 +80,26 @@ def test_ledger_logic_claims_each_baseline_once(task, tiny_spec_dict):
 
     ledger = BaselineLedger.__ray_actor_class__(finished=["done-key"])
     base = [r.key for r in _runs(task, tiny_spec_dict, {"alpha": 0.1}) if r.is_baseline]
-    first = ledger.claim(base + ["done-key"], "trial-1")
+    first = ledger.claim(base + ["done-key"], "config-1")
     assert first == base
-    assert ledger.claim(base, "trial-2") == []
-    assert ledger.claim(base, "trial-1") == base  # a restarted trial gets its claims back
+    assert ledger.claim(base, "config-2") == []
+    assert ledger.claim(base, "config-1") == base  # a restarted trial gets its claims back
+
+
+def test_grid_baselines_are_spread_over_configs(task, tiny_spec_dict):
+    from raybrain.sweep.arms import assign_baselines
+    from raybrain.sweep.trial import BaselineLedger
+
+    plans = [_runs(task, tiny_spec_dict, {"alpha": a}) for a in (0.1, 0.2)]
+    assigned = assign_baselines(plans)
+    base_keys = {r.key for r in plans[0] if r.is_baseline}
+    assert set(assigned) == base_keys
+    owners = [next(r.config_id for r in p if not r.is_baseline) for p in plans]
+    counts = [sum(1 for o in assigned.values() if o == owner) for owner in owners]
+    assert sorted(counts) == [3, 3]  # 6 baseline runs, split evenly
+    ledger = BaselineLedger.__ray_actor_class__(finished=[], assigned=assigned)
+    got = [set(ledger.claim(sorted(base_keys), o)) for o in owners]
+    assert got[0] | got[1] == base_keys and not got[0] & got[1]
 
 
 def test_same_seed_same_initialisation_in_every_arm(task, data, tiny_spec_dict):
@@ -173,3 +189,13 @@ def test_trajectory_area_is_running_mean(task, data):
     s = p.summary()
     assert s["final_test_accuracy"] == accs[-1] and s["best_test_accuracy"] == max(accs)
     assert s["diverged"] == 0.0
+
+
+def test_contrastive_transfer_trains_the_embedding(task, data):
+    params = {"hidden": 16, "epochs": 15, "batch_size": 4, "lr": 0.02, "alpha": 0.5,
+              "transfer": "contrastive", "temperature": 0.5}
+    run = task.build(data, params, "real", 0)
+    first = run.train_epoch()["transfer_loss"]
+    for _ in range(14):
+        last = run.train_epoch()["transfer_loss"]
+    assert np.isfinite(last) and last < first

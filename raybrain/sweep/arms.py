@@ -160,3 +160,27 @@ def plan_config_runs(sweep: str, task, params: dict[str, Any], arms: list[str], 
                                     config_id=rid, baseline_key=bkey, data_seed=data_seed,
                                     label=lab))
     return runs
+
+
+def assign_baselines(plans: list[list[RunSpec]]) -> dict[str, str]:
+    """Spread baseline runs over the configs that need them, balancing runs per config.
+
+    ``plans`` holds the planned runs of every config (known up front for a grid). Each
+    baseline run goes to the config with the fewest runs so far among those that need it,
+    so one Tune trial does not end up training every baseline while the others wait.
+    Returns ``{baseline run key: owner}``, the owner being the config's brain config id.
+    """
+    load: dict[str, int] = {}
+    needs: dict[str, list[str]] = {}
+    for runs in plans:
+        owner = next(r.config_id for r in runs if not r.is_baseline)
+        load[owner] = sum(1 for r in runs if not r.is_baseline)
+        for r in runs:
+            if r.is_baseline:
+                needs.setdefault(r.key, []).append(owner)
+    assignment = {}
+    for key in sorted(needs):
+        owner = min(needs[key], key=lambda o: (load[o], o))
+        assignment[key] = owner
+        load[owner] += 1
+    return assignment

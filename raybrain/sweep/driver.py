@@ -210,9 +210,19 @@ def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
         execution = (f"ray-train TorchTrainer per run (num_workers={res.num_workers}, "
                      f"use_gpu={bool(use_gpu)})" if use_train else "in-process per trial")
         tracker.client.set_tag(parent_id, "raybrain.execution", execution)
+        out(plan.describe().splitlines()[0])
         out(f"execution: {execution}")
         ledger_name = f"raybrain-ledger-{spec.name}-{spec_hash}"
-        ledger = BaselineLedger.options(name=ledger_name, get_if_exists=True).remote(finished)
+        assigned = None
+        if plan.configs is not None:
+            from raybrain.sweep.arms import assign_baselines, plan_config_runs
+
+            assigned = assign_baselines([
+                plan_config_runs(spec.name, task, {**spec.fixed(), **c}, spec.arms.include,
+                                 spec.arms, spec.seed_list, spec.data_seed, label=c)
+                for c in plan.configs])
+        ledger = BaselineLedger.options(name=ledger_name, get_if_exists=True).remote(
+            finished, assigned)
         ctx = {"sweep": spec.name, "task": spec.task, "data": spec.data,
                "data_seed": spec.data_seed, "fixed": spec.fixed(), "arms": spec.arms.include,
                "arms_spec": spec.arms, "seeds": spec.seed_list, "metric": spec.search.metric,
@@ -263,7 +273,6 @@ def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
             exp_dir.mkdir(parents=True, exist_ok=True)
             (exp_dir / SPEC_FILE).write_text(json.dumps({"spec_hash": spec_hash,
                                                          "spec": spec_dict}, indent=1))
-        out(plan.describe().splitlines()[0])
         grid = tuner.fit()
         errors = [r for r in grid if r.error is not None]
         from raybrain.analysis.verdict import verdict_table, format_table

@@ -28,21 +28,21 @@ RECORDS_KEY = "raybrain_records"
 
 @ray.remote(num_cpus=0)
 class BaselineLedger:
-    """Which trial trains which baseline run (so each is trained once per sweep).
+    """Which config trains which baseline run (so each is trained once per sweep).
 
-    Seeded with the keys of runs already finished in MLflow; ``claim`` is idempotent for
-    the trial that owns a key (a restarted trial gets its own claims back).
+    Owners are configs (their brain config id), not Tune trial ids, so a restarted trial
+    gets its claims back. ``assigned`` pre-assigns baseline runs when every config is known
+    up front (a grid, balanced by :func:`~raybrain.sweep.arms.assign_baselines`); other
+    keys go to the first config that asks. Keys of runs already finished in MLflow are
+    never handed out again.
     """
 
-    def __init__(self, finished: list[str]):
-        self.owner: dict[str, str] = {k: "<finished>" for k in finished}
+    def __init__(self, finished: list[str], assigned: dict[str, str] | None = None):
+        self.owner: dict[str, str] = dict(assigned or {})
+        self.owner.update({k: "<finished>" for k in finished})
 
-    def claim(self, keys: list[str], trial_id: str) -> list[str]:
-        mine = []
-        for k in keys:
-            if self.owner.setdefault(k, trial_id) == trial_id:
-                mine.append(k)
-        return mine
+    def claim(self, keys: list[str], owner: str) -> list[str]:
+        return [k for k in keys if self.owner.setdefault(k, owner) == owner]
 
 
 def config_params(config: dict[str, Any]) -> dict[str, Any]:
@@ -77,8 +77,8 @@ def config_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
         planned = plan_trial_runs(ctx, searched)
         baselines = [r for r in planned if r.is_baseline]
         ledger = ray.get_actor(ctx["ledger"])
-        trial_id = tune.get_context().get_trial_id()
-        mine = set(ray.get(ledger.claim.remote([r.key for r in baselines], trial_id)))
+        owner = next(r.config_id for r in planned if not r.is_baseline)
+        mine = set(ray.get(ledger.claim.remote([r.key for r in baselines], owner)))
         runs = [r for r in planned if not r.is_baseline or r.key in mine]
 
     if ctx["use_train"]:
