@@ -199,3 +199,28 @@ def test_contrastive_transfer_trains_the_embedding(task, data):
     for _ in range(14):
         last = run.train_epoch()["transfer_loss"]
     assert np.isfinite(last) and last < first
+
+
+def test_search_setups(task, tiny_spec_dict):
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+    from ray.tune.search.optuna import OptunaSearch
+    from ray.tune.search.sample import Float, Integer
+
+    from raybrain.sweep.driver import _search_setup
+
+    spec = parse_spec(tiny_spec_dict)
+    space, alg, n = _search_setup(spec, make_plan(spec, task))
+    assert alg is None and n == 1
+    assert space["params"] == {"grid_search": [{"alpha": 0.1}, {"alpha": 0.2}]}
+    d = {**tiny_spec_dict, "params": {**tiny_spec_dict["params"],
+                                      "alpha": {"loguniform": [0.01, 0.5]},
+                                      "hidden": {"int": [4, 16]}},
+         "search": {"algorithm": "random", "num_configs": 4}}
+    spec = parse_spec(d)
+    space, alg, n = _search_setup(spec, make_plan(spec, task, max_configs=3))
+    assert isinstance(alg, BasicVariantGenerator) and n == 3
+    assert isinstance(space["alpha"], Float) and isinstance(space["hidden"], Integer)
+    assert space["hidden"].lower == 4 and space["hidden"].upper == 17  # randint is exclusive
+    spec = parse_spec({**d, "search": {"algorithm": "optuna", "num_configs": 4}})
+    space, alg, n = _search_setup(spec, make_plan(spec, task))
+    assert isinstance(alg, OptunaSearch) and n == 4 and space == {}

@@ -43,8 +43,11 @@ class SweepPlan:
                  f"runs: {self.runs_per_config} brain-dependent per config x {self.num_configs} "
                  f"+ {self.baseline_runs} baseline = "
                  f"{self.runs_per_config * self.num_configs + (self.baseline_runs or 0)}",
-                 f"execution: {'Ray Train TorchTrainer per run' if self.use_train else 'in-process per trial'}"
-                 f" ({s.resources.num_workers} worker(s), use_gpu={s.resources.use_gpu})"]
+                 "execution: " + ("decided at start (use_gpu: auto)" if s.resources.use_gpu == "auto"
+                                  and not self.use_train else
+                                  "Ray Train TorchTrainer per run" if self.use_train else
+                                  "in-process per trial")
+                 + f" ({s.resources.num_workers} worker(s), use_gpu={s.resources.use_gpu})"]
         if self.configs is not None:
             for i, c in enumerate(self.configs):
                 lines.append(f"  config {i}: {c}")
