@@ -224,3 +224,16 @@ def test_search_setups(task, tiny_spec_dict):
     spec = parse_spec({**d, "search": {"algorithm": "optuna", "num_configs": 4}})
     space, alg, n = _search_setup(spec, make_plan(spec, task))
     assert isinstance(alg, OptunaSearch) and n == 4 and space == {}
+
+
+def test_data_parallel_shards_take_equal_steps(task, data):
+    params = {"hidden": 8, "epochs": 1, "batch_size": 1, "lr": 0.01}
+    seen = []
+    for rank in range(3):  # 8 training episodes over 3 ranks
+        run = task.build(data, params, None, 0)
+        calls = []
+        real_forward = run.model.forward
+        run.model.forward = lambda x, f=real_forward, c=calls: (c.append(x.shape[0]), f(x))[1]
+        run.train_epoch(shard=(rank, 3))
+        seen.append(len(calls))
+    assert seen == [3, 3, 3]  # 8 padded to 9: the same number of steps on every rank

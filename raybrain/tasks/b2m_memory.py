@@ -258,7 +258,12 @@ class MemoryRun(TaskRun):
     def _train_epoch(self, shard: tuple[int, int]) -> dict[str, float]:
         rank, world = shard
         tr = self.data.train
-        order = torch.randperm(len(tr), generator=self.order_rng)[rank::world]
+        order = torch.randperm(len(tr), generator=self.order_rng)
+        if world > 1:
+            # equal shards (padded by wrapping around), so every data-parallel rank takes
+            # the same number of optimiser steps and gradient all-reduces never wait forever
+            pad = (-len(order)) % world
+            order = torch.cat([order, order[:pad]])[rank::world]
         bs = int(self.p["batch_size"])
         self.model.train()
         sums = {"task_loss": 0.0, "transfer_loss": 0.0, "loss": 0.0}
