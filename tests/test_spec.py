@@ -194,3 +194,10 @@ def test_cli_error_has_no_traceback(tmp_path, write_spec, tiny_spec_dict):
 def test_bare_yaml_null_generator_is_explained(tmp_path, capsys, write_spec, tiny_spec_dict):
     d = dict(tiny_spec_dict, data={**tiny_spec_dict["data"], "generator": None})
     _assert_rejected(tmp_path, capsys, write_spec, d, "data.generator", "in quotes")
+
+
+def test_ray_client_address_is_refused_before_anything(tmp_path, capsys, write_spec, tiny_spec_dict):
+    path = write_spec(dict(tiny_spec_dict, seeds=5))
+    code, errors = _cli_error(capsys, ["sweep", str(path), "--address", "ray://head:10001"])
+    assert code == 2 and "Ray Job" in errors[0]
+    assert not (tmp_path / "mlflow.db").exists()

@@ -52,6 +52,7 @@ class ProgressPrinter(Callback):
         self.last = 0.0
         self.best: tuple[float, dict] | None = None
         self.runs: dict[str, tuple[int, int]] = {}  # trial id -> (runs done, runs total)
+        self.trials: list = []  # Tune's trial list as last seen (statuses after fit)
 
     def __getstate__(self):
         d = self.__dict__.copy()
@@ -76,6 +77,7 @@ class ProgressPrinter(Callback):
                 f"{runs_running} running, {runs_failed} failed{best}")
 
     def _line(self, trials, force=False):
+        self.trials = trials
         now = time.time()
         if force or now - self.last >= self.every_s:
             self.last = now

@@ -170,6 +170,11 @@ def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
         out(plan.describe())
         return plan
 
+    if address and address.startswith("ray://"):
+        raise SpecError(f"--address {address!r} is a Ray Client address; the sweep's driver "
+                        f"writes MLflow and must run on the cluster: submit it as a Ray Job "
+                        f"(ray job submit --address http://HEAD:8265 --working-dir . -- "
+                        f"raybrain sweep SPEC --address auto) or pass the GCS address HEAD:6379")
     import ray
     from ray import tune
 
@@ -278,12 +283,16 @@ def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
                                                          "spec": spec_dict}, indent=1))
         grid = tuner.fit()
         errors = [r for r in grid if r.error is not None]
-        from raybrain.analysis.verdict import verdict_table, format_table
+        unfinished = [t for t in printer.trials if t.status not in ("TERMINATED", "ERROR")]
+        from raybrain.analysis.verdict import format_table, verdict_table
 
         table = verdict_table(tracker, spec)
         tracker.client.log_text(parent_id, table.to_csv(), "verdict.csv")
-        tracker.close_parent("FAILED" if errors else "FINISHED")
+        tracker.close_parent("KILLED" if unfinished else "FAILED" if errors else "FINISHED")
         out(format_table(table, spec))
+        if unfinished:
+            out(f"sweep interrupted with {len(unfinished)} config(s) unfinished; the verdict above "
+                f"covers finished runs only; run the same command again to resume")
         if errors:
             out(f"{len(errors)} config(s) failed; first error: {str(errors[0].error).splitlines()[0]}")
         out(f"open the MLflow UI: mlflow ui --backend-store-uri {spec.tracking.uri} "
