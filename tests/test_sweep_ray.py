@@ -121,3 +121,63 @@ def test_one_run_through_a_torch_trainer(ray_session, in_tmp, tiny_spec_dict):
     assert list((in_tmp / "raybrain_results").glob("run-tiny-train_*"))
     assert json.loads((in_tmp / "raybrain_results" / "tiny-train" / "raybrain_spec.json")
                       .read_text())["spec_hash"] == parse_spec(d).spec_hash()
+
+
+def test_killed_driver_resumes_without_duplicating_runs(ray_session, in_tmp, tiny_spec_dict,
+                                                        write_spec):
+    """SIGKILL the sweep's driver mid-sweep, run the same command again: it finishes the
+    sweep from Tune's state and checkpoints, with one child run per (config, arm, seed)
+    and each epoch logged once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    d = {**tiny_spec_dict, "name": "tiny-resume",
+         "params": {**tiny_spec_dict["params"], "epochs": 12, "alpha": {"grid": [0.1, 0.2]}},
+         "arms": {"include": ["brain", "none"]}}
+    path = write_spec(d)
+    uri = f"sqlite:///{in_tmp}/mlflow.db"
+    proc = subprocess.Popen([sys.executable, "-m", "raybrain.cli", "sweep", str(path),
+                             "--tracking-uri", uri, "--num-cpus", "2"],
+                            cwd=in_tmp, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # wait until some epochs are in MLflow, then kill the driver and its local Ray
+        deadline = time.time() + 240
+        logged = 0
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(1.0)
+            if not (in_tmp / "mlflow.db").exists():
+                continue
+            try:
+                tracker = Tracker(uri, "raybrain")
+                parent = tracker.find_parent("tiny-resume")
+                if parent is None:
+                    continue
+                tracker.parent_id = parent.info.run_id
+                runs = tracker.child_runs()
+                logged = max((int(r.data.tags.get("raybrain.last_epoch", 0)) for r in runs),
+                             default=0)
+            except Exception:
+                continue
+            if logged >= 3:
+                break
+        assert proc.poll() is None, "the sweep finished before it could be interrupted"
+        assert logged >= 3
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    _, _, before = _children(uri, "tiny-resume")
+    assert any(c.info.status == "RUNNING" for c in before)
+
+    result = run_sweep(parse_spec(d), tracking_uri=uri, out=lambda s: None)
+    tracker, parent, children = _children(uri, "tiny-resume")
+    assert len(children) == 2 * 1 * 2 + 1 * 2  # brain x 2 configs x 2 seeds + none x 2 seeds
+    assert {c.info.run_id for c in before} <= {c.info.run_id for c in children}
+    for c in children:
+        assert c.info.status == "FINISHED"
+        steps = [m.step for m in tracker.client.get_metric_history(c.info.run_id, "test_accuracy")]
+        assert sorted(steps) == list(range(1, 13))  # every epoch once, none duplicated
+    assert {r["arm"] for r in result.table.arm_rows()} == {"brain", "none"}

@@ -48,6 +48,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             progress.restore(torch.load(os.path.join(d, "state.pt"), weights_only=False))
+        if progress.history:
+            # send the checkpointed epoch again: the trial may have died before relaying it
+            # (the tracker skips epochs it already logged)
+            last = {k: v[-1] for k, v in progress.history.items()}
+            last["epoch"] = run.epoch
+            payload = {"metrics": last, "done": progress.done}
+            if progress.done:
+                payload["summary"] = progress.summary()
+            ray.train.report(payload)
     while not progress.done:
         metrics = progress.step(shard=(rank, world))
         payload = {"metrics": metrics, "done": progress.done}

@@ -95,8 +95,13 @@ def config_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     latest: dict[str, dict[str, float]] = dict(state["latest"]) if state else {}
     done: set[str] = set(state["done"]) if state else set()
     every = ctx["checkpoint_every"]
+    # records of the checkpointed epoch are sent again after a restore: the driver may have
+    # died after the checkpoint was saved but before it logged them (the tracker skips
+    # epochs it already has, so nothing is logged twice)
+    replay = list(state.get("last_records", [])) if state else []
     while not executor.done:
-        records = executor.step()
+        records = replay + executor.step()
+        replay = []
         for rec in records:
             latest[rec["key"]] = rec["metrics"]
             if rec["done"]:
@@ -107,7 +112,7 @@ def config_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
                 with open(os.path.join(d, "state.pkl"), "wb") as f:
                     pickle.dump({"runs": [r.to_dict() for r in runs],
                                  "executor": executor.state(), "latest": latest,
-                                 "done": sorted(done)}, f)
+                                 "done": sorted(done), "last_records": records}, f)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
         else:
             tune.report(metrics)
