@@ -237,3 +237,56 @@ def test_data_parallel_shards_take_equal_steps(task, data):
         run.train_epoch(shard=(rank, 3))
         seen.append(len(calls))
     assert seen == [3, 3, 3]  # 8 padded to 9: the same number of steps on every rank
+
+
+def test_training_on_user_npz_embeddings(task, tmp_path):
+    from raybrain.data import MemoryTaskConfig, save_memory_npz, simulate_episodes, synthetic_brain
+
+    cfg = MemoryTaskConfig(pre_bins=1, post_bins=2, context_bins=1, min_steps=2, max_steps=4)
+    rng = np.random.default_rng(0)
+    episodes = simulate_episodes(10, cfg, rng)
+    brain = synthetic_brain(episodes, cfg, rng)
+    save_memory_npz(tmp_path / "b.npz", episodes, brain)
+    d = task.parse_data({"source": "npz", "path": str(tmp_path / "b.npz"), "pre_bins": 1,
+                         "post_bins": 2, "context_bins": 1, "n_test_episodes": 5,
+                         "n_val_episodes": 5})
+    data = task.load_data(d, 0)
+    assert len(data.train) == 10
+    np.testing.assert_array_equal(data.train.episodes.stimuli, episodes.stimuli)
+    torch.testing.assert_close(data.brain_view("real")[data.train.brain_mask],
+                               torch.from_numpy(brain.reshape(-1, 7)))
+    run = task.build(data, {"hidden": 8, "epochs": 1, "alpha": 0.2}, "real", 0)
+    metrics = run.train_epoch()
+    assert np.isfinite(metrics["transfer_loss"]) and metrics["transfer_loss"] > 0
+    # a model whose embedding size differs from the file's is refused with one clear line
+    with pytest.raises(Exception, match="dimension 7 differs from the model's embedding dimension 5"):
+        task.build(data, {"embed_dim": 5, "alpha": 0.2}, "real", 0)
+
+
+class _ScriptedRun:
+    """A TaskRun whose losses follow a script (to test the divergence rule alone)."""
+
+    def __init__(self, losses):
+        self.losses, self.epoch, self.epochs = list(losses), 0, len(losses)
+
+    def train_epoch(self, shard=(0, 1)):
+        self.epoch += 1
+        return {"loss": self.losses[self.epoch - 1]}
+
+    def evaluate(self):
+        return {"test_accuracy": 0.5}
+
+
+@pytest.mark.parametrize("losses, diverged, epochs", [
+    ([0.5, 0.4, 0.3], False, 3),
+    ([0.5, 3.0, 0.4], False, 3),          # crossed the threshold, came back below it
+    ([0.5, 3.0, 2.5], True, 3),           # above it and still above at the end
+    ([0.5, float("nan"), 0.3], True, 2),  # non-finite: stopped at once
+])
+def test_divergence_rule(losses, diverged, epochs):
+    spec = RunSpec("s", "b2m-memory", "brain", 0, {}, "real", "c", "b")
+    p = RunProgress(spec, _ScriptedRun(losses), "test_accuracy", divergence=("loss", 1.0))
+    while not p.done:
+        p.step()
+    assert p.summary()["diverged"] == float(diverged)
+    assert p.run.epoch == epochs

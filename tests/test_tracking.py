@@ -70,3 +70,31 @@ def test_no_brain_data_or_raw_paths_in_parent(tracker, tmp_path):
     assert pseudonym(secret, "file") == run.data.params["data.path"]  # stable
     arts = [a.path for a in tracker.client.list_artifacts(pid)]
     assert arts == ["spec.json"]
+
+
+def test_personal_params_reach_tracking_only_as_pseudonyms(tracker):
+    import raybrain.tasks as tasks
+    from raybrain.sweep import parse_spec
+    from raybrain.sweep.driver import tracked_spec
+    from raybrain.tasks.b2m_memory import B2MMemory
+    from raybrain.tasks.base import Param
+
+    if "test-personal" not in tasks.names():
+        @tasks.register("test-personal")
+        class Personal(B2MMemory):
+            params = {**B2MMemory.params, "participant": Param("sub-01", str, personal=True)}
+
+    spec = parse_spec({"name": "sw", "task": "test-personal",
+                       "params": {"participant": {"grid": ["sub-07", "sub-08"]},
+                                  "alpha": 0.1}})
+    logged = tracked_spec(spec, tasks.get("test-personal"))
+    pid = tracker.open_parent("sw", "h", logged)
+    run_spec = RunSpec("sw", "test-personal", "brain", 0, {"participant": "sub-07", "alpha": 0.1},
+                       "real", "c", "b", label={"participant": "sub-07"})
+    tracker.log_record(_record(run_spec, 1))
+    (child,) = tracker.child_runs()
+    everything = [*tracker.client.get_run(pid).data.params.values(),
+                  *child.data.params.values(), *child.data.tags.values(), child.info.run_name]
+    assert not any("sub-07" in v or "sub-08" in v for v in everything)
+    assert child.data.params["participant"].startswith("participant-")
+    assert child.data.params["alpha"] == "0.1"

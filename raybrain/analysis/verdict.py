@@ -60,6 +60,7 @@ def _runs_to_records(runs, primary: str) -> list[dict[str, Any]]:
             "area": m.get(f"final_{primary}_auc", math.nan),
             "val": m.get("final_val_accuracy", math.nan),
             "diverged": bool(diverged),
+            "baseline": t.get("raybrain.brain_source", "None") == "None",
         })
     return out
 
@@ -96,16 +97,18 @@ def build_verdict(records: list[dict[str, Any]], primary: str = "test_accuracy",
     """Build the table from run records (see :func:`_runs_to_records` for the fields)."""
     table = VerdictTable(primary=primary)
     sign = 1.0 if mode == "max" else -1.0
-    brain_recs = [r for r in records if r["arm"] in ("brain", "shuffled", "noise")]
+    brain_recs = [r for r in records if not r["baseline"]]
     configs = sorted({r["config_id"] for r in brain_recs},
                      key=lambda c: _sort_key(next(r["label"] for r in brain_recs if r["config_id"] == c)))
     for cid in configs:
         mine = [r for r in records if r["config_id"] == cid]
         label = _label(next(r["label"] for r in mine))
         bkey = mine[0]["baseline_key"]
-        groups: dict[str, list[dict[str, Any]]] = {}
-        for arm in ("brain", "shuffled", "noise"):
-            groups[arm] = [r for r in mine if r["arm"] == arm]
+        # brain, its controls, then any task ablations (alphabetical)
+        present = {r["arm"] for r in mine}
+        order = ["brain", "shuffled", "noise"] + sorted(present - {"brain", "shuffled", "noise"})
+        groups: dict[str, list[dict[str, Any]]] = {
+            arm: [r for r in mine if r["arm"] == arm] for arm in order}
         base = [r for r in records if r["baseline_key"] == bkey]
         l2 = [r for r in base if r["arm"] == "l2"]
         if l2:

@@ -62,7 +62,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def load_memory_npz(path: str | os.PathLike, cfg: MemoryTaskConfig,
-                    expected_dim: int) -> tuple[Episodes, np.ndarray]:
+                    expected_dim: int | None) -> tuple[Episodes, np.ndarray]:
     """Load and check brain embeddings and their episodes from an npz file.
 
     Parameters
@@ -71,8 +71,9 @@ def load_memory_npz(path: str | os.PathLike, cfg: MemoryTaskConfig,
         File in the layout of this module's docstring.
     cfg : MemoryTaskConfig
         The task timing; ``embeddings.shape[1]`` must equal ``cfg.bins_per_step``.
-    expected_dim : int
-        The model's embedding dimension; ``embeddings.shape[2]`` must equal it.
+    expected_dim : int or None
+        The model's embedding dimension; ``embeddings.shape[2]`` must equal it (None:
+        not checked here, e.g. when the caller checks it against each run's params).
 
     Returns
     -------
@@ -128,7 +129,7 @@ def load_memory_npz(path: str | os.PathLike, cfg: MemoryTaskConfig,
     emb = arrays["embeddings"]
     if emb.dtype.kind not in "iuf":
         raise SpecError(f"{where}: 'embeddings' must hold real numbers, got dtype {emb.dtype}")
-    if emb.shape[2] != expected_dim:
+    if expected_dim is not None and emb.shape[2] != expected_dim:
         raise SpecError(
             f"{where}: brain embedding dimension {emb.shape[2]} differs from the model's "
             f"embedding dimension {expected_dim} (embeddings shape {emb.shape})")

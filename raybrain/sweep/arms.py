@@ -32,7 +32,9 @@ class Arm:
     """How an arm derives its runs' params from a config's params.
 
     ``variants(params, task, arms_spec)`` returns one params dict per run variant at a
-    seed (several for ``l2``: one per weight decay).
+    seed (several for ``l2``: one per weight decay). Arms with a brain source run per
+    config; arms without one are baselines, shared by the configs that need them. Tasks
+    add ablations (e.g. a loss term switched off) with :func:`register_arm`.
     """
 
     name: str
@@ -88,8 +90,6 @@ def _l2(params, task, arms_spec):
 def _none(params, task, arms_spec):
     return [{**baseline_params(params, task), "weight_decay": 0.0}]
 
-
-BRAIN_ARMS = frozenset({"brain", "shuffled", "noise"})
 
 
 def params_hash(params: dict[str, Any], data_seed: int) -> str:

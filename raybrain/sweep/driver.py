@@ -179,7 +179,6 @@ def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
     from ray import tune
 
     from raybrain.sweep.callbacks import MlflowWriter, ProgressPrinter
-    from raybrain.sweep.privacy import pseudonym
     from raybrain.sweep.tracking import Tracker
     from raybrain.sweep.trial import BaselineLedger, config_trial
 
@@ -189,9 +188,7 @@ def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
     spec_hash = spec.spec_hash()
     _check_stored_spec(exp_dir, spec_hash, spec.name)
 
-    spec_dict = json.loads(spec.model_dump_json())
-    if spec_dict["data"].get("path"):
-        spec_dict["data"]["path"] = pseudonym(str(Path(spec_dict["data"]["path"]).resolve()), "file")
+    spec_dict = tracked_spec(spec, task)
     tracker = Tracker(spec.tracking.uri, spec.tracking.experiment)
     parent_id = tracker.open_parent(spec.name, spec_hash, spec_dict)
     finished = sorted(tracker.finished_run_keys())
@@ -276,7 +273,9 @@ def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
                                                       search_alg=search_alg, scheduler=scheduler,
                                                       num_samples=num_samples,
                                                       max_concurrent_trials=concurrent,
-                                                      reuse_actors=False),
+                                                      reuse_actors=False,
+                                                      # no param values in paths
+                                                      trial_dirname_creator=_trial_dirname),
                           run_config=run_config)
             exp_dir.mkdir(parents=True, exist_ok=True)
             (exp_dir / SPEC_FILE).write_text(json.dumps({"spec_hash": spec_hash,
@@ -302,6 +301,28 @@ def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
     finally:
         if started_ray:
             ray.shutdown()
+
+
+def _trial_dirname(trial) -> str:
+    return f"config_{trial.trial_id}"
+
+
+def tracked_spec(spec: Spec, task) -> dict[str, Any]:
+    """The spec as logged to tracking: data paths and personal params as pseudonyms."""
+    from raybrain.sweep.privacy import pseudonym
+
+    d = json.loads(spec.model_dump_json())
+    if d["data"].get("path"):
+        d["data"]["path"] = pseudonym(str(Path(d["data"]["path"]).resolve()), "file")
+    for name, param in task.params.items():
+        if param.personal and name in d["params"]:
+            value = d["params"][name]
+            if isinstance(value, dict):
+                d["params"][name] = {k: [pseudonym(str(v), name) for v in vals]
+                                     for k, vals in value.items()}
+            else:
+                d["params"][name] = pseudonym(str(value), name)
+    return d
 
 
 def _check_stored_spec(exp_dir: Path, spec_hash: str, name: str) -> None:

@@ -27,10 +27,14 @@ class RunProgress:
     run : TaskRun
     primary : str
         Metric whose trajectory area is tracked as ``<primary>_auc``.
+    divergence : (metric, threshold) or None
+        The task's divergence rule besides non-finite losses: the run diverged if
+        ``metric`` went above ``threshold`` and had not come back below it at the end.
     """
 
-    def __init__(self, spec: RunSpec, run, primary: str):
-        self.spec, self.run, self.primary = spec, run, primary
+    def __init__(self, spec: RunSpec, run, primary: str,
+                 divergence: tuple[str, float] | None = None):
+        self.spec, self.run, self.primary, self.divergence = spec, run, primary, divergence
         self.history: dict[str, list[float]] = {}
         self.diverged = False
 
@@ -55,9 +59,20 @@ class RunProgress:
         metrics["epoch"] = self.run.epoch
         return metrics
 
+    def has_diverged(self) -> bool:
+        """The one divergence rule (non-finite loss, or the task's threshold, see above)."""
+        if self.diverged:
+            return True
+        if self.divergence is None:
+            return False
+        metric, threshold = self.divergence
+        values = self.history.get(metric, [])
+        return bool(values) and max(values) > threshold and values[-1] > threshold
+
     def summary(self) -> dict[str, float]:
         """Summary metrics logged at the end of a run."""
-        out: dict[str, float] = {"diverged": float(self.diverged), "epochs_done": float(self.run.epoch)}
+        out: dict[str, float] = {"diverged": float(self.has_diverged()),
+                                 "epochs_done": float(self.run.epoch)}
         for k, vals in self.history.items():
             if not vals:
                 continue
@@ -91,7 +106,8 @@ class ConfigExecutor:
 
     def __init__(self, task, data, runs: list[RunSpec], primary: str, device: str = "cpu"):
         self.progress = [
-            RunProgress(r, task.build(data, r.params, r.brain_source, r.seed, device), primary)
+            RunProgress(r, task.build(data, r.params, r.brain_source, r.seed, device), primary,
+                        divergence_rule(task))
             for r in runs
         ]
 
@@ -128,6 +144,13 @@ class ConfigExecutor:
         for p in self.progress:
             if p.spec.key in state:
                 p.restore(state[p.spec.key])
+
+
+def divergence_rule(task) -> tuple[str, float] | None:
+    """The task's declared (metric, threshold), or None."""
+    if task.divergence_threshold is None:
+        return None
+    return task.divergence_metric, float(task.divergence_threshold)
 
 
 def aggregate_objective(records_by_key: dict[str, dict[str, float]], runs: list[RunSpec],

@@ -237,7 +237,7 @@ def validate_spec(spec: Spec, source: str = "spec", *, check_data: bool = True) 
     warns when the seeds cannot reach the spec's significance level.
     """
     import raybrain.tasks as tasks
-    from raybrain.sweep.arms import ARMS, BRAIN_ARMS
+    from raybrain.sweep.arms import ARMS
 
     task = tasks.get(spec.task)
     for name, value in spec.params.items():
@@ -279,9 +279,9 @@ def validate_spec(spec: Spec, source: str = "spec", *, check_data: bool = True) 
                             f"{ARMS.names()}")
     if len(set(spec.arms.include)) != len(spec.arms.include):
         raise SpecError(f"{source}: arms.include lists an arm twice: {spec.arms.include}")
-    if not any(a in BRAIN_ARMS for a in spec.arms.include):
-        raise SpecError(f"{source}: arms.include needs a brain-dependent arm "
-                        f"({sorted(BRAIN_ARMS)}), got {spec.arms.include}")
+    if "brain" not in spec.arms.include:
+        raise SpecError(f"{source}: arms.include must contain 'brain' (every other arm is "
+                        f"compared with it), got {spec.arms.include}")
     if spec.search.objective == "margin_shuffled" and "shuffled" not in spec.arms.include:
         raise SpecError(f"{source}: search.objective 'margin_shuffled' needs the 'shuffled' arm "
                         f"in arms.include, got {spec.arms.include}")

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from raybrain.sweep.arms import RunSpec
+from raybrain.sweep.privacy import pseudonym
 
 PARENT_TAG = "raybrain.sweep"
 KEY_TAG = "raybrain.run_key"
@@ -29,6 +30,13 @@ def _flat(prefix: str, d: dict[str, Any]) -> dict[str, str]:
         else:
             out[name] = json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
     return out
+
+
+def _personal_params(task_name: str) -> frozenset[str]:
+    """Params of a task that identify a person (logged only as pseudonyms)."""
+    import raybrain.tasks as tasks
+
+    return frozenset(k for k, p in tasks.get(task_name).params.items() if p.personal)
 
 
 def _quote(value: str) -> str:
@@ -133,19 +141,22 @@ class Tracker:
             self._runs[key] = run.info.run_id
             self._last_epoch[key] = int(run.data.tags.get("raybrain.last_epoch", 0))
             return run.info.run_id
-        label = ",".join(f"{k}={v}" for k, v in spec.label.items())
+        personal = _personal_params(spec.task)
+        shown = {k: (pseudonym(str(v), k) if k in personal else v) for k, v in spec.label.items()}
+        label = ",".join(f"{k}={v}" for k, v in shown.items())
         name = f"{spec.arm}{'[' + label + ']' if label else ''} seed={spec.seed}"
         tags = {"mlflow.parentRunId": self.parent_id, KEY_TAG: key,
                 "raybrain.arm": spec.arm, "raybrain.seed": str(spec.seed),
                 "raybrain.config_id": spec.config_id, "raybrain.baseline_key": spec.baseline_key,
                 "raybrain.task": spec.task, PARENT_TAG: spec.sweep, "raybrain.role": "run",
                 "raybrain.brain_source": str(spec.brain_source),
-                "raybrain.label": json.dumps(spec.label, sort_keys=True),
+                "raybrain.label": json.dumps(shown, sort_keys=True),
                 "mlflow.runName": name, "raybrain.last_epoch": "0"}
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=name)
         from mlflow.entities import Param
 
-        params = {**{k: str(v) for k, v in spec.params.items()}, "seed": str(spec.seed),
+        params = {**{k: (pseudonym(str(v), k) if k in personal else str(v))
+                     for k, v in spec.params.items()}, "seed": str(spec.seed),
                   "arm": spec.arm, "data_seed": str(spec.data_seed)}
         self.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
         self._runs[key] = run.info.run_id

@@ -26,7 +26,7 @@ from ray.util.queue import Empty, Queue
 
 import raybrain.tasks as tasks
 from raybrain.sweep.arms import RunSpec
-from raybrain.sweep.execute import RunProgress, aggregate_objective
+from raybrain.sweep.execute import RunProgress, aggregate_objective, divergence_rule
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -43,7 +43,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     run = task.build(data, spec.params, spec.brain_source, spec.seed, device=str(device))
     if world > 1:
         run.wrap_model(ray.train.torch.prepare_model)
-    progress = RunProgress(spec, run, config["primary_metric"])
+    progress = RunProgress(spec, run, config["primary_metric"], divergence_rule(task))
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:

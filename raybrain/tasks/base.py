@@ -44,8 +44,11 @@ class Param:
         Inclusive bounds checked at validation.
     choices : tuple or None
         Allowed values for ``str`` knobs.
+    personal : bool
+        True when the value identifies a person (a participant id): tracking gets only a
+        keyed pseudonym of it.
     help : str
-        One line shown by ``raybrain tasks``-style listings and in errors.
+        One line describing the knob.
     """
 
     default: Any
@@ -54,6 +57,7 @@ class Param:
     low: float | None = None
     high: float | None = None
     choices: tuple | None = None
+    personal: bool = False
     help: str = ""
 
 
@@ -111,7 +115,9 @@ class Task(ABC):
     primary_mode: ClassVar[str] = "max"
     #: metrics every run logs per epoch
     metrics: ClassVar[tuple[str, ...]]
-    #: a loss above this that never comes back below it marks a run as diverged
+    #: a run diverges when a loss is non-finite, or when ``divergence_metric`` rises above
+    #: ``divergence_threshold`` and is still above it at the end (None: only non-finite)
+    divergence_metric: ClassVar[str] = "loss"
     divergence_threshold: ClassVar[float | None] = None
 
     def parse_data(self, data: dict[str, Any]) -> BaseModel:
