@@ -13,6 +13,9 @@ name           function                             B2M equation
 
 :func:`mix_losses` combines a task loss and a transfer loss (eq. 1).
 
+Alignment diagnostics (numpy/scipy, no gradient) live in :mod:`raybrain.align.diagnostics`:
+:func:`rdm`, :func:`rsa`, :func:`linear_cka`, :func:`subsample_items`.
+
 This package must not import ray, mlflow or optuna; torch is imported lazily inside the
 functions, so importing the package (e.g. to list the registry) does not load torch.
 """
@@ -20,6 +23,7 @@ functions, so importing the package (e.g. to list the registry) does not load to
 from __future__ import annotations
 
 from raybrain.align.contrastive import info_nce
+from raybrain.align.diagnostics import linear_cka, rdm, rsa, subsample_items
 from raybrain.align.latent import latent_mse, latent_transfer
 from raybrain.align.mixing import mix_losses
 from raybrain.registry import Registry
@@ -33,5 +37,9 @@ __all__ = [
     "info_nce",
     "latent_mse",
     "latent_transfer",
+    "linear_cka",
     "mix_losses",
+    "rdm",
+    "rsa",
+    "subsample_items",
 ]
