@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 import raybrain.tasks as tasks  # noqa: E402
 from raybrain.sweep import load_spec, run_sweep, validate_spec  # noqa: E402
 from raybrain.sweep.arms import plan_config_runs  # noqa: E402
-from raybrain.sweep.driver import grid_configs  # noqa: E402
+from raybrain.sweep.plan import grid_configs  # noqa: E402
 from raybrain.sweep.execute import ConfigExecutor  # noqa: E402
 
 

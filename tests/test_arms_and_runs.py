@@ -9,7 +9,7 @@ import torch
 import raybrain.tasks as tasks
 from raybrain.sweep import parse_spec
 from raybrain.sweep.arms import RunSpec, plan_config_runs
-from raybrain.sweep.driver import make_plan
+from raybrain.sweep.plan import make_plan
 from raybrain.sweep.execute import ConfigExecutor, RunProgress, aggregate_objective
 
 pytestmark = pytest.mark.unit
@@ -135,6 +135,10 @@ def test_training_moves_parameters_and_transfer_lowers_transfer_loss(task, data)
     assert all(not torch.equal(before[k], v) for k, v in brain.model.state_dict().items())
     assert last_b < first_b
     assert last_b < last_n  # only the brain arm is pulled toward the brain
+    # and on held-out steps it is closer to the real brain (diagnostics of every arm)
+    eb, en = brain.evaluate(), none.evaluate()
+    assert 0 <= en["align_cka"] <= 1 and -1 <= en["align_rsa"] <= 1
+    assert eb["align_cka"] > en["align_cka"] and eb["align_rsa"] > en["align_rsa"]
 
 
 def test_resume_from_state_equals_uninterrupted(task, data):
@@ -206,7 +210,7 @@ def test_search_setups(task, tiny_spec_dict):
     from ray.tune.search.optuna import OptunaSearch
     from ray.tune.search.sample import Float, Integer
 
-    from raybrain.sweep.driver import _search_setup
+    from raybrain.sweep.plan import search_setup as _search_setup
 
     spec = parse_spec(tiny_spec_dict)
     space, alg, n = _search_setup(spec, make_plan(spec, task))
@@ -251,10 +255,14 @@ def test_training_on_user_npz_embeddings(task, tmp_path):
                          "post_bins": 2, "context_bins": 1, "n_test_episodes": 5,
                          "n_val_episodes": 5})
     data = task.load_data(d, 0)
-    assert len(data.train) == 10
-    np.testing.assert_array_equal(data.train.episodes.stimuli, episodes.stimuli)
-    torch.testing.assert_close(data.brain_view("real")[data.train.brain_mask],
-                               torch.from_numpy(brain.reshape(-1, 7)))
+    # 20% of the file's episodes are held out (with their brain data) for the diagnostics
+    assert len(data.train) == 8 and len(data.heldout) == 2
+    assert data.train.episodes.n_steps + data.heldout.episodes.n_steps == episodes.n_steps
+    file_rows = {r.tobytes() for r in brain.reshape(-1, 7)}
+    train_rows = data.brain_view("real")[data.train.brain_mask].numpy()
+    assert all(r.tobytes() in file_rows for r in train_rows)
+    held_rows = data.heldout_brain[data.heldout.brain_mask].numpy()
+    assert not {r.tobytes() for r in held_rows} & {r.tobytes() for r in train_rows}
     run = task.build(data, {"hidden": 8, "epochs": 1, "alpha": 0.2}, "real", 0)
     metrics = run.train_epoch()
     assert np.isfinite(metrics["transfer_loss"]) and metrics["transfer_loss"] > 0

@@ -583,3 +583,20 @@ def test_episodes_constructor_checks_shapes():
         Episodes(first_target=np.array([0]), lengths=np.array([2]),
                  stimuli=np.zeros((1, 2), np.int64), targets=np.zeros((1, 3), np.int64),
                  responses=np.zeros((1, 2), np.float32))
+
+
+def test_episodes_split_keeps_steps_and_brain_rows_together():
+    cfg = MemoryTaskConfig(pre_bins=1, post_bins=2)
+    eps = simulate_episodes(12, cfg, _rng(20))
+    brain = synthetic_brain(eps, cfg, _rng(21), dim=3)
+    idx = np.array([7, 2, 9])
+    sub, sub_brain = eps.split(idx, brain)
+    assert sub.n_episodes == 3 and sub.max_len == eps.lengths[idx].max()
+    np.testing.assert_array_equal(sub.lengths, eps.lengths[idx])
+    starts = np.concatenate([[0], np.cumsum(eps.lengths)[:-1]])
+    expected = np.concatenate([brain[starts[i]:starts[i] + eps.lengths[i]] for i in idx])
+    np.testing.assert_array_equal(sub_brain, expected)
+    for k, i in enumerate(idx):
+        n = eps.lengths[i]
+        np.testing.assert_array_equal(sub.stimuli[k, :n], eps.stimuli[i, :n])
+        np.testing.assert_array_equal(sub.responses[k, :n], eps.responses[i, :n])

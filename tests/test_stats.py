@@ -242,3 +242,21 @@ def test_holm_hand_example():
         holm([0.1, 1.2])
     with pytest.raises(SpecError, match=r"\[0, 1\]"):
         holm([float("nan")])
+
+
+def test_bootstrap_diff_ci_known_cases():
+    from raybrain.analysis.stats import bootstrap_diff_ci
+
+    # constant paired difference: the interval is that difference
+    assert bootstrap_diff_ci([1.0, 2.0, 3.0], [0.5, 1.5, 2.5], paired=True) == (0.5, 0.5)
+    assert bootstrap_diff_ci([1.0], [0.0], paired=False) is None
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(1.0, 1.0, 200), rng.normal(0.0, 1.0, 200)
+    lo, hi = bootstrap_diff_ci(a, b, paired=False)
+    d = a.mean() - b.mean()
+    half = 1.96 * np.sqrt(a.var(ddof=1) / 200 + b.var(ddof=1) / 200)
+    assert lo < d < hi
+    assert (hi - lo) == pytest.approx(2 * half, rel=0.1)  # close to the normal-theory width
+    assert bootstrap_diff_ci(a, b, paired=False) == (lo, hi)  # reproducible
+    lo_p, hi_p = bootstrap_diff_ci(a, a - 0.3 + rng.normal(0, 0.01, 200), paired=True)
+    assert lo_p < 0.3 < hi_p and hi_p - lo_p < 0.01

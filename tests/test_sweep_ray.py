@@ -87,18 +87,41 @@ def test_optuna_sweep_shares_baselines(ray_session, in_tmp, tiny_spec_dict):
     uri = f"sqlite:///{in_tmp}/mlflow.db"
     result = run_sweep(parse_spec(d), tracking_uri=uri, out=lambda s: None)
     _, parent, children = _children(uri, "tiny-optuna")
-    brain = [c for c in children if c.data.tags["raybrain.arm"] == "brain"]
-    none = [c for c in children if c.data.tags["raybrain.arm"] == "none"]
+    search = [c for c in children if c.data.tags["raybrain.stage"] == "search"]
+    confirm = [c for c in children if c.data.tags["raybrain.stage"] == "confirm"]
+    brain = [c for c in search if c.data.tags["raybrain.arm"] == "brain"]
+    none = [c for c in search if c.data.tags["raybrain.arm"] == "none"]
     assert len({c.data.tags["raybrain.config_id"] for c in brain}) == 3
     assert len(brain) == 3 * 2 and len(none) == 2  # the baseline runs once, not per config
     alphas = {float(c.data.params["alpha"]) for c in brain}
     assert len(alphas) == 3 and all(0.05 <= a <= 0.5 for a in alphas)
-    # ASHA may stop configs early: their runs are closed as KILLED and left out of the verdict
+    # ASHA may stop configs early: their runs are closed as KILLED
     assert {c.info.status for c in children} <= {"FINISHED", "KILLED"}
-    stopped = {c.data.tags["raybrain.config_id"] for c in brain if c.info.status == "KILLED"}
     assert all(c.data.tags.get("raybrain.stopped_early") == "scheduler"
                for c in brain if c.info.status == "KILLED")
-    assert len(result.table.test_rows()) == (3 - len(stopped)) * 2  # vs shuffled: final, area
+    # the confirmation stage re-ran the best complete config, every arm, on fresh seeds
+    assert len(result.chosen) == 1
+    chosen_cid = {c.data.tags["raybrain.config_id"] for c in confirm
+                  if c.data.tags["raybrain.arm"] == "brain"}
+    assert len(chosen_cid) == 1
+    finished = [c for c in brain if c.info.status == "FINISHED"]
+    objective = {}
+    for c in finished:
+        objective.setdefault(c.data.tags["raybrain.config_id"], []).append(
+            c.data.metrics["final_test_accuracy_auc"] - next(
+                s.data.metrics["final_test_accuracy_auc"] for s in search
+                if s.data.tags["raybrain.arm"] == "shuffled"
+                and s.data.tags["raybrain.config_id"] == c.data.tags["raybrain.config_id"]
+                and s.data.tags["raybrain.seed"] == c.data.tags["raybrain.seed"]))
+    means = {k: sum(v) / len(v) for k, v in objective.items()}
+    best = {k for k, m in means.items() if m == max(means.values())}
+    assert chosen_cid <= best  # a best margin over shuffled among complete configs
+    assert sorted(c.data.tags["raybrain.seed"] for c in confirm) == ["2", "2", "2", "3", "3", "3"]
+    assert {c.info.status for c in confirm} == {"FINISHED"}
+    # the verdict is computed on the confirmation runs only
+    assert result.table.stage == "confirm"
+    assert len(result.table.test_rows()) == 1 * 2  # vs shuffled: final, area
+    assert parent.data.tags["raybrain.confirmed_configs"]
 
 
 def test_one_run_through_a_torch_trainer(ray_session, in_tmp, tiny_spec_dict):

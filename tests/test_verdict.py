@@ -11,33 +11,42 @@ from raybrain.analysis.verdict import build_verdict, format_table
 pytestmark = pytest.mark.unit
 
 
-def _rec(arm, seed, final, area=None, val=None, cid="c1", label=None, diverged=False):
+def _rec(arm, seed, final, area=None, val=None, alpha=0.1, label=None, diverged=False,
+         cka=math.nan):
     baseline = arm in ("l2", "none")
-    return {"arm": arm, "seed": seed, "config_id": cid if not baseline else f"b-{arm}-{label}",
-            "baseline_key": "bk", "label": label if baseline else {"alpha": 0.1},
-            "final": final, "area": final if area is None else area,
-            "val": final if val is None else val, "diverged": diverged, "baseline": baseline}
+    return {"arm": arm, "seed": seed,
+            "config_id": f"c{alpha}" if not baseline else f"b-{arm}-{label}",
+            "baseline_key": "bk", "label": label if baseline else {"alpha": alpha},
+            "final": final, "area": final if area is None else area, "best": final,
+            "val": final if val is None else val, "diverged": diverged, "baseline": baseline,
+            "align_cka": cka, "align_rsa": math.nan}
 
 
-def _records():
+def _records(alphas=(0.1,)):
     recs = []
     for s in range(5):
-        recs.append(_rec("brain", s, 0.9 + s / 100))
-        recs.append(_rec("shuffled", s, 0.5 + s / 100))
-        recs.append(_rec("noise", s, 0.95 + s / 100))  # noise better than brain
+        for alpha in alphas:
+            recs.append(_rec("brain", s, 0.9 + s / 100, alpha=alpha, cka=0.8 + s / 100))
+            recs.append(_rec("shuffled", s, 0.5 + s / 100, alpha=alpha, cka=0.3 + s / 100))
+            recs.append(_rec("noise", s, 0.95 + s / 100, alpha=alpha, cka=0.2))  # better than brain
         recs.append(_rec("l2", s, 0.6, val=0.70, label={"weight_decay": 1e-5}))
         recs.append(_rec("l2", s, 0.99, val=0.60, label={"weight_decay": 1e-3}))
         recs.append(_rec("none", s, 0.7, label={}))
     return recs
 
 
+def _tests(table, config=None):
+    return {(r["comparison"], r["metric"]): r for r in table.of("test", config)}
+
+
 def test_known_answers():
-    table = build_verdict(_records())
-    tests = {(r["comparison"], r["metric"]): r for r in table.test_rows()}
+    table = build_verdict(_records(), expected_arms=["brain", "shuffled", "noise", "l2", "none"])
+    tests = _tests(table)
     shuf = tests[("shuffled", "final_test_accuracy")]
     assert shuf["p_mannwhitney"] == pytest.approx(1 / 252)
     assert shuf["p_wilcoxon"] == pytest.approx(1 / 32)
-    assert shuf["median"] == pytest.approx(0.4)
+    assert shuf["median"] == pytest.approx(0.4) and shuf["diff"] == pytest.approx(0.4)
+    assert shuf["ci_low"] == shuf["ci_high"] == pytest.approx(0.4)  # constant paired difference
     assert tests[("noise", "final_test_accuracy")]["p_mannwhitney"] == pytest.approx(1.0)
     # best L2 is chosen on validation accuracy (wd 1e-5), not on the test metric (1e-3)
     assert ("l2[weight_decay=1e-05]", "final_test_accuracy") in tests
@@ -47,15 +56,48 @@ def test_known_answers():
     assert brain["n"] == 5 and brain["mean"] == pytest.approx(0.92)
     assert brain["sem"] == pytest.approx(math.sqrt(2.5e-4 / 5))
     assert ("none", "final_test_accuracy") in arms
+    # noise beats brain, so the verdict is "no evidence"
+    verdicts = {r["metric"]: r["verdict"] for r in table.of("verdict")}
+    assert verdicts["final_test_accuracy"] == "no evidence that brain helps"
     text = format_table(table)
-    assert "config alpha=0.1" in text and "0.004" in text
+    assert "config alpha=0.1" in text and "0.004" in text and "NO EVIDENCE" in text
+
+
+def test_holm_across_configs_and_the_verdict_rule():
+    recs = [r for r in _records(alphas=(0.1, 0.2)) if r["arm"] != "noise"]
+    table = build_verdict(recs, expected_arms=["brain", "shuffled", "l2", "none"])
+    for config in ("alpha=0.1", "alpha=0.2"):
+        t = _tests(table, config)[("shuffled", "final_test_accuracy")]
+        assert t["p_mannwhitney"] == pytest.approx(1 / 252)
+        assert t["p_mannwhitney_holm"] == pytest.approx(2 / 252)  # two configs in the family
+        assert t["p_wilcoxon_holm"] == pytest.approx(min(1.0, 2 / 32))
+    verdicts = {(r["config"], r["metric"]): r["verdict"] for r in table.of("verdict")}
+    # brain beats shuffled and the best L2 (0.6) at both configs
+    assert verdicts[("alpha=0.1", "final_test_accuracy")] == "brain helps"
+    assert verdicts[("alpha=0.2", "area_test_accuracy")] == "brain helps"
+    # with 13 configs the smallest Holm-adjusted p is 13/252 = 0.052: nothing survives
+    many = [r for r in _records(alphas=tuple(0.1 * k for k in range(1, 14)))
+            if r["arm"] != "noise"]
+    table = build_verdict(many)
+    t = _tests(table, "alpha=0.1")[("shuffled", "final_test_accuracy")]
+    assert t["p_mannwhitney_holm"] == pytest.approx(13 / 252)
+    assert {r["verdict"] for r in table.of("verdict")} == {"no evidence that brain helps"}
+
+
+def test_missing_arm_is_said_and_the_rest_rendered():
+    recs = [r for r in _records() if r["arm"] != "noise"]
+    table = build_verdict(recs, expected_arms=["brain", "shuffled", "noise", "l2", "none"])
+    notes = [r["note"] for r in table.of("note")]
+    assert notes == ["brain vs noise: cannot be made, arm 'noise' has no finished runs for this config"]
+    assert ("shuffled", "area_test_accuracy") in _tests(table)
+    assert "cannot be made" in format_table(table)
 
 
 def test_diverged_runs_rank_worst_and_are_counted():
     recs = [r for r in _records() if r["arm"] in ("brain", "shuffled")]
     for r in recs:
         if r["arm"] == "brain" and r["seed"] == 0:
-            r["final"] = r["area"] = float("nan")
+            r["final"] = r["area"] = r["best"] = float("nan")
             r["diverged"] = True
     table = build_verdict(recs)
     row = next(r for r in table.test_rows() if r["metric"] == "final_test_accuracy")
@@ -66,7 +108,20 @@ def test_diverged_runs_rank_worst_and_are_counted():
     # tie at rank 2.5, so W+ = 10 and P(W+ >= 10) over the 32 sign flips is 12/32
     assert row["p_wilcoxon"] == pytest.approx(12 / 32)
     arm = next(r for r in table.arm_rows() if r["arm"] == "brain")
-    assert arm["diverged"] == 1 and arm["n"] == 5 and arm["mean"] == pytest.approx(0.925)
+    assert arm["diverged"] == 1 and arm["diverged_rate"] == pytest.approx(0.2)
+    assert arm["n"] == 5 and arm["mean"] == pytest.approx(0.925)
+    assert "1/5" in format_table(table)
+
+
+def test_alignment_questions():
+    table = build_verdict(_records())
+    rows = {(r["metric"], r["comparison"]): r for r in table.of("alignment")}
+    q1 = rows[("align_cka", "shuffled")]
+    assert q1["diff"] == pytest.approx(0.5) and q1["p_mannwhitney"] == pytest.approx(1 / 252)
+    q2 = rows[("align_cka", "gain vs alignment")]
+    # computed over the 15 brain-dependent runs (gain over 'none' at the same seed)
+    assert q2["n"] == 15 and -1 <= q2["r"] <= 1
+    assert rows[("align_rsa", "gain vs alignment")]["note"].startswith("not computable")
 
 
 def test_single_seed_is_not_computable():
@@ -74,6 +129,8 @@ def test_single_seed_is_not_computable():
     table = build_verdict(recs)
     row = table.test_rows()[0]
     assert row["p_mannwhitney"] is None and row["p_wilcoxon"] is None
+    assert row["ci_low"] is None
     assert table.arm_rows()[0]["sem"] is None
+    assert table.of("verdict")[0]["verdict"].startswith("not computable")
     assert "n/c" in format_table(table)
     assert "nan" not in table.to_csv().lower()

@@ -1,10 +1,23 @@
-"""The verdict table: per config and arm, summaries over seeds and one-sided tests.
+"""The verdict: per config and arm, summaries over seeds, one-sided tests, alignment.
 
-Read from what MLflow holds (the sweep's child runs). For every brain config: each arm's
-mean +/- s.e.m. of the final value and of the trajectory area of the task's primary metric,
-and one-sided exact Mann-Whitney and paired Wilcoxon p-values of brain against shuffled,
-noise and the best L2 (the weight decay with the highest mean validation metric, chosen
-once per baseline group), paired by seed. Diverged runs count as the worst outcome.
+Read from what MLflow holds (the sweep's finished child runs of the verdict stage: the
+confirmation stage when there is one, else the search). For every brain config:
+
+- each arm's mean +/- s.e.m. (and median, best, divergence count) of the final value and
+  the trajectory area of the task's primary metric;
+- brain against every control (shuffled, noise, task ablations, and the best L2: the
+  weight decay with the highest mean validation metric), one-sided (brain better): the
+  exact Mann-Whitney U and the paired Wilcoxon signed-rank test over shared seeds, each
+  Holm-corrected across the configs of the stage, and a bootstrap CI of the difference of
+  means (paired when the seeds pair up);
+- the verdict: "brain helps" when the Holm-corrected Mann-Whitney p (the B2M paper's test)
+  is below the spec's significance against every control the sweep has;
+- alignment: did brain runs align more with the real brain (final CKA and RSA) than
+  shuffled and noise runs, and does the performance gain over ``none`` at the same seed
+  track alignment across runs (Spearman correlation).
+
+Diverged runs count as the worst outcome in the tests. A comparison that cannot be made
+(an arm missing, fewer than 2 seeds) is said, never shown as NaN.
 """
 
 from __future__ import annotations
@@ -20,57 +33,81 @@ import numpy as np
 
 from raybrain.analysis import stats
 
+CONTROL_ORDER = ("shuffled", "noise")
+ALIGN_METRICS = ("align_cka", "align_rsa")
+COLUMNS = ["kind", "config", "arm", "control", "comparison", "metric", "n", "mean", "sem",
+           "median", "best", "diverged", "diverged_rate", "p_mannwhitney", "p_wilcoxon",
+           "p_mannwhitney_holm", "p_wilcoxon_holm", "diff", "ci_low", "ci_high", "r",
+           "verdict", "note"]
+
 
 @dataclass
 class VerdictTable:
-    """Rows of ``kind`` "arm" (summaries) and "test" (comparisons), as plain dicts."""
+    """Rows as plain dicts; ``kind`` is one of "arm", "test", "verdict", "alignment",
+    "note". ``to_csv`` writes them with the columns of :data:`COLUMNS`."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     primary: str = "test_accuracy"
+    significance: float = 0.05
+    stage: str = "search"
 
-    def to_csv(self) -> str:
-        cols = ["kind", "config", "arm", "comparison", "metric", "n", "mean", "sem", "median",
-                "diverged", "p_mannwhitney", "p_wilcoxon"]
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        for r in self.rows:
-            w.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in cols})
-        return buf.getvalue()
+    def of(self, kind: str, config: str | None = None) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r["kind"] == kind
+                and (config is None or r.get("config") == config)]
 
     def arm_rows(self) -> list[dict[str, Any]]:
-        return [r for r in self.rows if r["kind"] == "arm"]
+        return self.of("arm")
 
     def test_rows(self) -> list[dict[str, Any]]:
-        return [r for r in self.rows if r["kind"] == "test"]
+        return self.of("test")
+
+    def configs(self) -> list[str]:
+        return list(dict.fromkeys(r["config"] for r in self.rows if r.get("config")))
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in self.rows:
+            w.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in COLUMNS})
+        return buf.getvalue()
 
 
-def _runs_to_records(runs, primary: str) -> list[dict[str, Any]]:
+# --------------------------------------------------------------------------- records
+def runs_to_records(runs, primary: str, stage: str | None = None) -> list[dict[str, Any]]:
+    """Finished child runs (MLflow ``Run`` objects) -> flat records for :func:`build_verdict`."""
     out = []
     for r in runs:
         t, m = r.data.tags, r.data.metrics
         if t.get("raybrain.role") != "run" or r.info.status != "FINISHED":
             continue
+        if stage is not None and t.get("raybrain.stage", "search") != stage:
+            continue
         diverged = t.get("raybrain.diverged") == "True" or m.get("diverged", 0) > 0
-        out.append({
+        rec = {
             "arm": t["raybrain.arm"], "seed": int(t["raybrain.seed"]),
             "config_id": t["raybrain.config_id"], "baseline_key": t["raybrain.baseline_key"],
             "label": json.loads(t.get("raybrain.label", "{}")),
             "final": m.get(f"final_{primary}", math.nan),
             "area": m.get(f"final_{primary}_auc", math.nan),
+            "best": m.get(f"best_{primary}", math.nan),
             "val": m.get("final_val_accuracy", math.nan),
             "diverged": bool(diverged),
             "baseline": t.get("raybrain.brain_source", "None") == "None",
-        })
+        }
+        for a in ALIGN_METRICS:
+            rec[a] = m.get(f"final_{a}", math.nan)
+        out.append(rec)
     return out
-
-
-def _sort_key(lab: dict[str, Any]) -> list:
-    return [(k, (0, v) if isinstance(v, (int, float)) else (1, str(v))) for k, v in sorted(lab.items())]
 
 
 def _label(lab: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(lab.items())) or "-"
+
+
+def _sort_key(lab: dict[str, Any]) -> list:
+    return [(k, (0, v) if isinstance(v, (int, float)) else (1, str(v)))
+            for k, v in sorted(lab.items())]
 
 
 def _worst(*groups: list[float]) -> list[list[float]]:
@@ -87,29 +124,88 @@ def _worst(*groups: list[float]) -> list[list[float]]:
 
 def _summary(recs: list[dict[str, Any]], metric: str) -> dict[str, Any]:
     vals = [r[metric] for r in recs if math.isfinite(r[metric])]
+    best = [r["best"] for r in recs if math.isfinite(r["best"])]
+    n_div = sum(r["diverged"] for r in recs)
     return {"n": len(recs), "mean": float(np.mean(vals)) if vals else None,
-            "sem": stats.sem(vals), "median": float(np.median(vals)) if vals else None,
-            "diverged": sum(r["diverged"] for r in recs)}
+            "sem": stats.sem(vals) if len(vals) >= 2 else None,
+            "median": float(np.median(vals)) if vals else None,
+            "best": float(np.mean(best)) if best else None,
+            "diverged": n_div, "diverged_rate": n_div / len(recs) if recs else None}
 
 
+def _compare(a_recs, b_recs, metric: str, sign: float) -> dict[str, Any]:
+    """One-sided tests of brain (a) against a control (b) on ``metric``, and the
+    difference of means with its bootstrap CI.
+
+    The tests rank diverged runs worst; the difference and CI describe the finite values
+    only (a diverged run has no value to average), paired by seed when every run pairs.
+    """
+    a, b = _worst([sign * r[metric] for r in a_recs], [sign * r[metric] for r in b_recs])
+    by_a = {r["seed"]: r for r in a_recs}
+    by_b = {r["seed"]: r for r in b_recs}
+    paired = sorted(set(by_a) & set(by_b))
+    pa, pb = _worst([sign * by_a[s][metric] for s in paired],
+                    [sign * by_b[s][metric] for s in paired])
+    enough = len(a) >= 2 and len(b) >= 2
+    fa = [r[metric] for r in a_recs if math.isfinite(r[metric])]
+    fb = [r[metric] for r in b_recs if math.isfinite(r[metric])]
+    fpair = [s for s in paired if math.isfinite(by_a[s][metric]) and math.isfinite(by_b[s][metric])]
+    ci = None
+    if len(fa) >= 2 and len(fb) >= 2:
+        if len(fpair) == len(fa) == len(fb):
+            ci = stats.bootstrap_diff_ci([by_a[s][metric] for s in fpair],
+                                         [by_b[s][metric] for s in fpair], paired=True)
+        else:
+            ci = stats.bootstrap_diff_ci(fa, fb, paired=False)
+    return {
+        "n": min(len(a), len(b)),
+        "p_mannwhitney": stats.mann_whitney_greater(a, b) if enough else None,
+        "p_wilcoxon": stats.wilcoxon_greater(pa, pb) if len(paired) >= 2 else None,
+        "diff": float(np.mean(fa) - np.mean(fb)) if fa and fb else None,
+        "median": float(np.median(fa) - np.median(fb)) if fa and fb else None,
+        "ci_low": None if ci is None else ci[0],
+        "ci_high": None if ci is None else ci[1],
+    }
+
+
+def _holm_by_group(rows: list[dict[str, Any]]) -> None:
+    """Holm-correct each (control, metric) family across the configs, in place."""
+    families: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        families.setdefault((r["control"], r["metric"]), []).append(r)
+    for fam in families.values():
+        for test in ("p_mannwhitney", "p_wilcoxon"):
+            adjusted = stats.holm([r[test] for r in fam])
+            for r, p in zip(fam, adjusted):
+                r[f"{test}_holm"] = p
+
+
+# --------------------------------------------------------------------------- build
 def build_verdict(records: list[dict[str, Any]], primary: str = "test_accuracy",
-                  mode: str = "max") -> VerdictTable:
-    """Build the table from run records (see :func:`_runs_to_records` for the fields)."""
-    table = VerdictTable(primary=primary)
+                  mode: str = "max", significance: float = 0.05,
+                  expected_arms: list[str] | None = None, stage: str = "search") -> VerdictTable:
+    """Build the verdict from run records (see :func:`runs_to_records` for the fields).
+
+    ``expected_arms``: the arms the spec asked for; a missing one is reported as a
+    comparison that cannot be made.
+    """
+    table = VerdictTable(primary=primary, significance=significance, stage=stage)
     sign = 1.0 if mode == "max" else -1.0
+    expected = list(expected_arms) if expected_arms else sorted({r["arm"] for r in records})
     brain_recs = [r for r in records if not r["baseline"]]
-    configs = sorted({r["config_id"] for r in brain_recs},
-                     key=lambda c: _sort_key(next(r["label"] for r in brain_recs if r["config_id"] == c)))
-    for cid in configs:
+    cids = sorted({r["config_id"] for r in brain_recs},
+                  key=lambda c: _sort_key(next(r["label"] for r in brain_recs if r["config_id"] == c)))
+    tests: list[dict[str, Any]] = []
+    for cid in cids:
         mine = [r for r in records if r["config_id"] == cid]
         label = _label(next(r["label"] for r in mine))
-        bkey = mine[0]["baseline_key"]
-        # brain, its controls, then any task ablations (alphabetical)
+        base = [r for r in records if r["baseline"] and r["baseline_key"] == mine[0]["baseline_key"]]
         present = {r["arm"] for r in mine}
-        order = ["brain", "shuffled", "noise"] + sorted(present - {"brain", "shuffled", "noise"})
-        groups: dict[str, list[dict[str, Any]]] = {
-            arm: [r for r in mine if r["arm"] == arm] for arm in order}
-        base = [r for r in records if r["baseline_key"] == bkey]
+        order = ["brain", *[a for a in CONTROL_ORDER if a in present],
+                 *sorted(present - {"brain", *CONTROL_ORDER})]
+        groups: dict[str, list[dict[str, Any]]] = {a: [r for r in mine if r["arm"] == a]
+                                                   for a in order}
+        controls = {a: a for a in order[1:]}
         l2 = [r for r in base if r["arm"] == "l2"]
         if l2:
             by_wd: dict[Any, list] = {}
@@ -117,45 +213,110 @@ def build_verdict(records: list[dict[str, Any]], primary: str = "test_accuracy",
                 by_wd.setdefault(r["label"].get("weight_decay"), []).append(r)
             vals = _worst(*[[sign * r["val"] for r in by_wd[w]] for w in by_wd])
             best_wd = list(by_wd)[int(np.argmax([np.mean(v) for v in vals]))]
-            groups[f"l2[weight_decay={best_wd}]"] = by_wd[best_wd]
-        groups["none"] = [r for r in base if r["arm"] == "none"]
+            name = f"l2[weight_decay={best_wd}]"
+            groups[name] = by_wd[best_wd]
+            controls[name] = "best_l2"
+        if any(r["arm"] == "none" for r in base):
+            groups["none"] = [r for r in base if r["arm"] == "none"]
         for arm, recs in groups.items():
-            if not recs:
-                continue
             for metric in ("final", "area"):
                 table.rows.append({"kind": "arm", "config": label, "arm": arm,
                                    "metric": f"{metric}_{primary}", **_summary(recs, metric)})
-        brain = {r["seed"]: r for r in groups["brain"]}
-        for arm, recs in groups.items():
-            if arm in ("brain", "none") or not recs or not groups["brain"]:
-                continue
-            other = {r["seed"]: r for r in recs}
+        for arm in [a for a in ("shuffled", "noise", "l2") if a in expected]:
+            if (arm if arm != "l2" else "best_l2") not in controls.values():
+                table.rows.append({"kind": "note", "config": label, "control": arm,
+                                   "note": f"brain vs {arm}: cannot be made, arm '{arm}' has "
+                                           f"no finished runs for this config"})
+        if not groups["brain"]:
+            table.rows.append({"kind": "note", "config": label, "control": "brain",
+                               "note": "no finished brain runs for this config: no tests"})
+        if not groups["brain"]:
+            continue
+        for arm, control in controls.items():
             for metric in ("final", "area"):
-                raw_a = [sign * r[metric] for r in groups["brain"]]
-                raw_b = [sign * r[metric] for r in recs]
-                a, b = _worst(raw_a, raw_b)
-                paired = sorted(set(brain) & set(other))
-                pa, pb = _worst([sign * brain[s][metric] for s in paired],
-                                [sign * other[s][metric] for s in paired])
-                table.rows.append({
-                    "kind": "test", "config": label, "arm": "brain", "comparison": arm,
-                    "metric": f"{metric}_{primary}", "n": min(len(a), len(b)),
-                    "p_mannwhitney": stats.mann_whitney_greater(a, b) if a and b else None,
-                    "p_wilcoxon": stats.wilcoxon_greater(pa, pb) if paired else None,
-                    "median": (sign * float(np.median(a) - np.median(b))) if a and b else None,
-                })
+                row = {"kind": "test", "config": label, "arm": "brain", "control": control,
+                       "comparison": arm, "metric": f"{metric}_{primary}",
+                       **_compare(groups["brain"], groups[arm], metric, sign)}
+                tests.append(row)
+                table.rows.append(row)
+        _alignment_rows(table, label, groups)
+    _holm_by_group(tests)
+    for cid_label in table.configs():
+        for metric in ("final", "area"):
+            rows = [r for r in tests if r["config"] == cid_label and r["metric"] == f"{metric}_{primary}"]
+            if not rows:
+                continue
+            ps = [r["p_mannwhitney_holm"] for r in rows]
+            if any(p is None for p in ps):
+                verdict = "not computable (fewer than 2 seeds in an arm)"
+            elif all(p < significance for p in ps):
+                verdict = "brain helps"
+            else:
+                verdict = "no evidence that brain helps"
+            versus = ", ".join(r["comparison"] for r in rows)
+            table.rows.append({"kind": "verdict", "config": cid_label, "metric": f"{metric}_{primary}",
+                               "verdict": verdict,
+                               "note": f"Holm-corrected exact Mann-Whitney p < {significance} "
+                                       f"against each of: {versus}"})
+    _alignment_tracking(table, records, sign)
     return table
 
 
+def _alignment_rows(table: VerdictTable, label: str, groups) -> None:
+    """Did the brain arm align more with the real brain than its brain-data controls?"""
+    for metric in ALIGN_METRICS:
+        brain = [r for r in groups["brain"] if math.isfinite(r[metric])]
+        if not brain:
+            continue
+        for control in CONTROL_ORDER:
+            other = [r for r in groups.get(control, []) if math.isfinite(r[metric])]
+            if not other:
+                continue
+            a, b = [r[metric] for r in brain], [r[metric] for r in other]
+            table.rows.append({
+                "kind": "alignment", "config": label, "arm": "brain", "control": control,
+                "comparison": control, "metric": metric, "n": min(len(a), len(b)),
+                "mean": float(np.mean(a)), "diff": float(np.mean(a) - np.mean(b)),
+                "p_mannwhitney": stats.mann_whitney_greater(a, b)
+                if len(a) >= 2 and len(b) >= 2 else None})
+
+
+def _alignment_tracking(table: VerdictTable, records, sign: float) -> None:
+    """Across brain-dependent runs: Spearman r between final alignment and the gain in
+    trajectory area over the ``none`` run of the same seed (raw area when there is none)."""
+    from scipy.stats import spearmanr
+
+    none = {(r["baseline_key"], r["seed"]): r["area"] for r in records
+            if r["arm"] == "none" and math.isfinite(r["area"])}
+    runs = [r for r in records if not r["baseline"] and math.isfinite(r["area"])]
+    for metric in ALIGN_METRICS:
+        pts = [(r[metric], sign * (r["area"] - none.get((r["baseline_key"], r["seed"]), 0.0)))
+               for r in runs if math.isfinite(r[metric])]
+        if len(pts) < 3 or len({p[0] for p in pts}) < 2 or len({p[1] for p in pts}) < 2:
+            table.rows.append({"kind": "alignment", "config": "", "metric": metric,
+                               "comparison": "gain vs alignment", "n": len(pts),
+                               "note": "not computable (fewer than 3 runs or no variation)"})
+            continue
+        res = spearmanr([p[0] for p in pts], [p[1] for p in pts])
+        table.rows.append({"kind": "alignment", "config": "", "metric": metric,
+                           "comparison": "gain vs alignment", "n": len(pts),
+                           "r": float(res.statistic), "p_mannwhitney": None,
+                           "note": f"Spearman r across runs, p = {float(res.pvalue):.3g} "
+                                   f"(two-sided); gain = area - area of 'none' at the same seed"})
+
+
 def verdict_table(tracker, spec) -> VerdictTable:
-    """The verdict table of a sweep, read from its MLflow child runs."""
+    """The verdict of a sweep, read from its MLflow child runs of the verdict stage."""
     import raybrain.tasks as tasks
 
     task = tasks.get(spec.task)
-    return build_verdict(_runs_to_records(tracker.child_runs(), task.primary_metric),
-                         task.primary_metric, task.primary_mode)
+    stage = spec.verdict_stage
+    return build_verdict(runs_to_records(tracker.child_runs(), task.primary_metric, stage),
+                         task.primary_metric, task.primary_mode, spec.significance,
+                         spec.arms.include, stage)
 
 
+# --------------------------------------------------------------------------- text
 def _fmt(x, digits=3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
 
@@ -165,23 +326,45 @@ def _p(x) -> str:
 
 
 def format_table(table: VerdictTable, spec=None) -> str:
-    """Plain-text verdict: per config, arms (mean +/- s.e.m.) then brain's tests."""
-    lines = ["", "verdict (mean +/- s.e.m. over seeds; one-sided tests, brain better; "
-                 "n/c = not computable)"]
+    """Plain-text verdict: per config, arms (mean +/- s.e.m.), tests, verdict; alignment."""
     prim = table.primary
-    for config in dict.fromkeys(r["config"] for r in table.rows):
+    lines = ["", f"verdict on the {table.stage} stage (mean +/- s.e.m. over seeds; one-sided "
+                 f"tests, brain better; Holm across configs; n/c = not computable)"]
+    for config in table.configs():
+        arms = table.of("arm", config)
+        if not arms:
+            continue
         lines.append(f"config {config}")
         lines.append(f"  {'arm':<28}{'n':>3}  {'final ' + prim:>24}  {'area ' + prim:>24}  diverged")
-        arms = [r for r in table.arm_rows() if r["config"] == config]
         for arm in dict.fromkeys(r["arm"] for r in arms):
             f = next(r for r in arms if r["arm"] == arm and r["metric"].startswith("final"))
             a = next(r for r in arms if r["arm"] == arm and r["metric"].startswith("area"))
             lines.append(f"  {arm:<28}{f['n']:>3}  {_fmt(f['mean']) + ' +/- ' + _fmt(f['sem']):>24}"
-                         f"  {_fmt(a['mean']) + ' +/- ' + _fmt(a['sem']):>24}  {f['diverged']}")
-        tests = [r for r in table.test_rows() if r["config"] == config]
+                         f"  {_fmt(a['mean']) + ' +/- ' + _fmt(a['sem']):>24}  "
+                         f"{f['diverged']}/{f['n']}")
+        tests = table.of("test", config)
         if tests:
-            lines.append(f"  {'brain vs':<28}{'metric':<26}{'MW p':>8}{'Wilcoxon p':>12}{'median diff':>13}")
+            lines.append(f"  {'brain vs':<28}{'metric':<26}{'MW p':>8}{'(Holm)':>8}"
+                         f"{'Wilcoxon p':>12}{'(Holm)':>8}   diff [95% CI]")
             for r in tests:
+                ci = (f"[{_fmt(r['ci_low'], 4)}, {_fmt(r['ci_high'], 4)}]"
+                      if r["ci_low"] is not None else "[n/c]")
                 lines.append(f"  {r['comparison']:<28}{r['metric']:<26}{_p(r['p_mannwhitney']):>8}"
-                             f"{_p(r['p_wilcoxon']):>12}{_fmt(r['median'], 4):>13}")
+                             f"{_p(r['p_mannwhitney_holm']):>8}{_p(r['p_wilcoxon']):>12}"
+                             f"{_p(r['p_wilcoxon_holm']):>8}   {_fmt(r['diff'], 4)} {ci}")
+        for r in table.of("note", config):
+            lines.append(f"  note: {r['note']}")
+        for r in table.of("verdict", config):
+            lines.append(f"  verdict ({r['metric']}): {r['verdict'].upper()}")
+        align = [r for r in table.of("alignment", config)]
+        if align:
+            lines.append("  alignment with the real brain (final, held-out steps): " + "; ".join(
+                f"{r['metric']} brain - {r['comparison']} = {_fmt(r['diff'], 3)} "
+                f"(MW p {_p(r['p_mannwhitney'])})" for r in align))
+    for r in table.of("alignment", ""):
+        if r.get("r") is not None:
+            lines.append(f"performance gain vs {r['metric']} across {r['n']} runs: "
+                         f"r = {r['r']:.3f}; {r['note']}")
+        else:
+            lines.append(f"performance gain vs {r['metric']}: {r['note']}")
     return "\n".join(lines)

@@ -176,6 +176,34 @@ class Episodes:
                     f"Episodes.{name} must have shape (n_episodes, max(lengths)) = "
                     f"{(n_ep, max_len)}, got {shape}")
 
+    def split(self, episode_idx, brain_steps: np.ndarray | None = None):
+        """The episodes at ``episode_idx`` (in that order), re-padded to their longest.
+
+        Parameters
+        ----------
+        episode_idx : array of int, shape (k,)
+        brain_steps : np.ndarray, shape (n_steps, ...), optional
+            Per-step arrays of these episodes (in :meth:`step_index` order); the rows of
+            the selected episodes are returned alongside, in the new step order.
+
+        Returns
+        -------
+        Episodes, or (Episodes, np.ndarray of shape (k_steps, ...)) with ``brain_steps``.
+        """
+        idx = np.asarray(episode_idx, dtype=np.int64)
+        lengths = self.lengths[idx]
+        width = int(lengths.max()) if len(idx) else 0
+        sub = Episodes(first_target=self.first_target[idx].copy(), lengths=lengths.copy(),
+                       stimuli=self.stimuli[idx, :width].copy(),
+                       targets=self.targets[idx, :width].copy(),
+                       responses=self.responses[idx, :width].copy())
+        if brain_steps is None:
+            return sub
+        starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
+        rows = np.concatenate([np.arange(starts[i], starts[i] + self.lengths[i]) for i in idx]) \
+            if len(idx) else np.zeros(0, dtype=np.int64)
+        return sub, np.asarray(brain_steps)[rows]
+
     @property
     def n_episodes(self) -> int:
         """Number of episodes."""

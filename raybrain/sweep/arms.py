@@ -118,6 +118,8 @@ class RunSpec:
     baseline_key: str
     data_seed: int = 0
     label: dict[str, Any] = field(default_factory=dict)
+    #: "search" (seeds that choose configs) or "confirm" (fresh seeds that judge them)
+    stage: str = "search"
 
     @property
     def key(self) -> str:
@@ -138,7 +140,8 @@ class RunSpec:
 
 def plan_config_runs(sweep: str, task, params: dict[str, Any], arms: list[str], arms_spec,
                      seeds: list[int], data_seed: int = 0,
-                     label: dict[str, Any] | None = None) -> list[RunSpec]:
+                     label: dict[str, Any] | None = None,
+                     stage: str = "search") -> list[RunSpec]:
     """All runs a config needs: its brain-dependent arms and its baselines, x seeds.
 
     ``params`` are the config's full params (task defaults filled in).
@@ -158,7 +161,7 @@ def plan_config_runs(sweep: str, task, params: dict[str, Any], arms: list[str], 
                 runs.append(RunSpec(sweep=sweep, task=task.name, arm=arm_name, seed=int(seed),
                                     params=variant, brain_source=arm.brain_source,
                                     config_id=rid, baseline_key=bkey, data_seed=data_seed,
-                                    label=lab))
+                                    label=lab, stage=stage))
     return runs
 
 

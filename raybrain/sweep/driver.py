@@ -1,133 +1,33 @@
-"""Run a sweep: validate, open MLflow, start (or join) Ray, run the Tuner, resume.
+"""Run a sweep: validate, open MLflow, start (or join) Ray, run the stages, resume.
 
 Order matters: everything a user can get wrong is checked before Ray starts and before any
-MLflow run exists; the MLflow store is created/migrated here, once, before trials start;
-the Tune experiment has a stable name (the sweep's) so re-running the same command resumes
-it, and a resume whose spec differs from the stored one is refused.
+MLflow run exists; the MLflow store is created/migrated here, once, before trials start.
+A sweep has up to two stages, each a Tune experiment with a stable name under the spec's
+storage (``NAME`` and ``NAME-confirm``), so re-running the same command resumes it; a
+resume whose spec differs from the stored one is refused:
+
+1. **search**: the spec's grid, or Optuna/random configs, on the spec's seeds;
+2. **confirm** (when ``confirm_configs`` > 0): the search's best configs re-run for every
+   arm on fresh seeds. The verdict is computed on this stage, never on the seeds that
+   chose the configs.
 """
 
 from __future__ import annotations
 
-import itertools
-import logging
 import json
-import math
+import logging
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from raybrain.errors import SpecError
+from raybrain.sweep.plan import SweepPlan, choose_configs, make_plan, search_setup
 from raybrain.sweep.spec import Spec, validate_spec
 
 SPEC_FILE = "raybrain_spec.json"
-
-
-@dataclass
-class SweepPlan:
-    """What a sweep will do, known before anything runs."""
-
-    spec: Spec
-    configs: list[dict[str, Any]] | None  # grid: every config; optuna/random: None
-    num_configs: int
-    runs_per_config: int       # brain-dependent runs per config
-    baseline_runs: int | None  # distinct baseline runs (grid: exact; else upper bound)
-    use_train: bool
-
-    def describe(self) -> str:
-        s = self.spec
-        lines = [f"sweep {s.name!r}: task {s.task}, search {s.search.algorithm} "
-                 f"({self.num_configs} configs), arms {s.arms.include}, seeds {s.seed_list}",
-                 f"runs: {self.runs_per_config} brain-dependent per config x {self.num_configs} "
-                 f"+ {self.baseline_runs} baseline = "
-                 f"{self.runs_per_config * self.num_configs + (self.baseline_runs or 0)}",
-                 "execution: " + ("decided at start (use_gpu: auto)" if s.resources.use_gpu == "auto"
-                                  and not self.use_train else
-                                  "Ray Train TorchTrainer per run" if self.use_train else
-                                  "in-process per trial")
-                 + f" ({s.resources.num_workers} worker(s), use_gpu={s.resources.use_gpu})"]
-        if self.configs is not None:
-            for i, c in enumerate(self.configs):
-                lines.append(f"  config {i}: {c}")
-        return "\n".join(lines)
-
-
-def grid_configs(spec: Spec) -> list[dict[str, Any]]:
-    searched = spec.searched()
-    names = sorted(searched)
-    values = [next(iter(searched[n].values())) for n in names]
-    return [dict(zip(names, combo)) for combo in itertools.product(*values)]
-
-
-def make_plan(spec: Spec, task, max_configs: int | None = None) -> SweepPlan:
-    from raybrain.sweep.arms import plan_config_runs
-
-    res = spec.resources
-    use_train = res.num_workers > 1 or res.use_gpu is True
-    if spec.search.algorithm == "grid":
-        configs = grid_configs(spec)[: max_configs or None]
-        n = len(configs)
-    else:
-        configs = None
-        n = min(spec.search.num_configs, max_configs or spec.search.num_configs)
-    sample = configs[0] if configs else {k: _first_value(v) for k, v in spec.searched().items()}
-    runs = plan_config_runs(spec.name, task, {**spec.fixed(), **sample}, spec.arms.include,
-                            spec.arms, spec.seed_list, spec.data_seed)
-    per_config = sum(1 for r in runs if not r.is_baseline)
-    if configs is not None:
-        keys = set()
-        for c in configs:
-            keys |= {r.key for r in plan_config_runs(spec.name, task, {**spec.fixed(), **c},
-                                                     spec.arms.include, spec.arms,
-                                                     spec.seed_list, spec.data_seed)
-                     if r.is_baseline}
-        baselines = len(keys)
-    else:
-        brain_searched = set(spec.searched()) & task.brain_params()
-        per = sum(1 for r in runs if r.is_baseline)
-        baselines = per if set(spec.searched()) <= brain_searched else per * n
-    return SweepPlan(spec, configs, n, per_config, baselines, use_train)
-
-
-def _first_value(dist: dict[str, Any]):
-    kind, values = next(iter(dist.items()))
-    return values[0]
-
-
-def _search_setup(spec: Spec, plan: SweepPlan):
-    """Param space, search algorithm and number of samples for the Tuner."""
-    from ray import tune
-
-    searched = spec.searched()
-    if spec.search.algorithm == "grid":
-        return {"params": tune.grid_search(plan.configs)}, None, 1
-    if spec.search.algorithm == "random":
-        space = {}
-        for name, dist in searched.items():
-            kind, v = next(iter(dist.items()))
-            space[name] = {"uniform": lambda v: tune.uniform(*v),
-                           "loguniform": lambda v: tune.loguniform(*v),
-                           "int": lambda v: tune.randint(v[0], v[1] + 1),
-                           "choice": lambda v: tune.choice(v)}[kind](v)
-        from ray.tune.search.basic_variant import BasicVariantGenerator
-
-        return space, BasicVariantGenerator(random_state=spec.search.seed), plan.num_configs
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    space = {}
-    for name, dist in searched.items():
-        kind, v = next(iter(dist.items()))
-        space[name] = {"uniform": lambda v: optuna.distributions.FloatDistribution(*v),
-                       "loguniform": lambda v: optuna.distributions.FloatDistribution(*v, log=True),
-                       "int": lambda v: optuna.distributions.IntDistribution(*v),
-                       "choice": lambda v: optuna.distributions.CategoricalDistribution(v)}[kind](v)
-    searcher = OptunaSearch(space=space, metric="objective", mode=spec.search.mode,
-                            sampler=optuna.samplers.TPESampler(seed=spec.search.seed),
-                            study_name=spec.name)
-    return {}, searcher, plan.num_configs
+CHOSEN_FILE = "raybrain_confirm_configs.json"
 
 
 @dataclass
@@ -138,6 +38,7 @@ class SweepResult:
     experiment_id: str
     table: Any
     wall_s: float
+    chosen: list[dict[str, Any]] | None = None
 
 
 def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
@@ -145,52 +46,36 @@ def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
               max_configs: int | None = None, seeds: int | None = None,
               dry_run: bool = False, out: Callable[[str], None] | None = None,
               num_cpus: int | None = None) -> SweepResult | SweepPlan:
-    """Validate and run ``spec``; returns the plan on ``dry_run``, else the result."""
+    """Validate and run ``spec``; returns the search plan on ``dry_run``, else the result."""
     t0 = time.time()
     out = out or (lambda line: print(line, flush=True))
-    if name is not None or seeds is not None:
-        update: dict[str, Any] = {}
-        if name is not None:
-            update["name"] = name
-        if seeds is not None:
-            update["seeds"] = seeds
-        from raybrain.sweep.spec import parse_spec
-
-        spec = parse_spec({**spec.model_dump(), **update}, source)
-    if tracking_uri is not None:
-        spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"uri": tracking_uri})})
+    spec = _apply_overrides(spec, source, name=name, seeds=seeds, tracking_uri=tracking_uri)
     checked = validate_spec(spec, source)
-    task, data = checked["task"], checked["data"]
+    task = checked["task"]
     plan = make_plan(spec, task, max_configs)
-    if spec.search.metric.removesuffix("_auc") not in task.metrics:
-        raise SpecError(f"{source}: search.metric {spec.search.metric!r} is not a metric of "
-                        f"task {spec.task!r}; expected one of "
-                        f"{sorted(task.metrics + tuple(m + '_auc' for m in task.metrics[:1]))}")
+    _check_metric(spec, task, source)
     if dry_run:
         out(plan.describe())
+        if spec.confirm_configs:
+            out(f"then: the best {spec.confirm_configs} config(s) re-run for every arm on "
+                f"fresh seeds {spec.confirm_seeds}; the verdict uses those runs")
         return plan
-
     if address and address.startswith("ray://"):
         raise SpecError(f"--address {address!r} is a Ray Client address; the sweep's driver "
                         f"writes MLflow and must run on the cluster: submit it as a Ray Job "
                         f"(ray job submit --address http://HEAD:8265 --working-dir . -- "
                         f"raybrain sweep SPEC --address auto) or pass the GCS address HEAD:6379")
-    import ray
-    from ray import tune
 
-    from raybrain.sweep.callbacks import MlflowWriter, ProgressPrinter
+    import ray
+
     from raybrain.sweep.tracking import Tracker
-    from raybrain.sweep.trial import BaselineLedger, config_trial
 
     storage = Path(spec.storage.path).expanduser()
     storage = storage if "://" in spec.storage.path else storage.resolve()
-    exp_dir = storage / spec.name
     spec_hash = spec.spec_hash()
-    _check_stored_spec(exp_dir, spec_hash, spec.name)
-
-    spec_dict = tracked_spec(spec, task)
+    _check_stored_spec(storage / spec.name, spec_hash, spec.name)
     tracker = Tracker(spec.tracking.uri, spec.tracking.experiment)
-    parent_id = tracker.open_parent(spec.name, spec_hash, spec_dict)
+    parent_id = tracker.open_parent(spec.name, spec_hash, tracked_spec(spec, task))
     finished = sorted(tracker.finished_run_keys())
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -207,100 +92,195 @@ def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
     for logger in ("ray", "ray.tune", "ray.train"):
         logging.getLogger(logger).setLevel(logging.WARNING)
     try:
-        use_gpu = spec.resources.use_gpu
-        if use_gpu == "auto":
-            use_gpu = ray.cluster_resources().get("GPU", 0) > 0
-        res = spec.resources
-        use_train = res.num_workers > 1 or bool(use_gpu)
-        execution = (f"ray-train TorchTrainer per run (num_workers={res.num_workers}, "
-                     f"use_gpu={bool(use_gpu)})" if use_train else "in-process per trial")
-        tracker.client.set_tag(parent_id, "raybrain.execution", execution)
+        runner = _StageRunner(spec, task, tracker, storage, spec_hash, finished, out)
         out(plan.describe().splitlines()[0])
-        out(f"execution: {execution}")
-        ledger_name = f"raybrain-ledger-{spec.name}-{spec_hash}"
-        assigned = None
-        if plan.configs is not None:
-            from raybrain.sweep.arms import assign_baselines, plan_config_runs
+        out(f"execution: {runner.execution}")
+        tracker.client.set_tag(parent_id, "raybrain.execution", runner.execution)
+        status = runner.run(plan, spec.name)
+        chosen = None
+        if spec.confirm_configs and status.complete:
+            chosen = _chosen(storage / spec.name, status, spec)
+            if not chosen:
+                raise SpecError(f"sweep {spec.name!r}: no config completed its search, so "
+                                f"there is nothing to confirm")
+            tracker.client.set_tag(parent_id, "raybrain.confirmed_configs",
+                                   json.dumps(chosen, sort_keys=True)[:5000])
+            cplan = make_plan(spec, task, stage="confirm", configs=chosen)
+            out(cplan.describe().splitlines()[0])
+            status = status.merge(runner.run(cplan, f"{spec.name}-confirm"))
 
-            assigned = assign_baselines([
-                plan_config_runs(spec.name, task, {**spec.fixed(), **c}, spec.arms.include,
-                                 spec.arms, spec.seed_list, spec.data_seed, label=c)
-                for c in plan.configs])
-        ledger = BaselineLedger.options(name=ledger_name, get_if_exists=True).remote(
-            finished, assigned)
-        ctx = {"sweep": spec.name, "task": spec.task, "data": spec.data,
-               "data_seed": spec.data_seed, "fixed": spec.fixed(), "arms": spec.arms.include,
-               "arms_spec": spec.arms, "seeds": spec.seed_list, "metric": spec.search.metric,
-               "objective": spec.search.objective, "primary_metric": task.primary_metric,
-               "checkpoint_every": spec.storage.checkpoint_every, "ledger": ledger_name,
-               "use_train": use_train, "num_workers": res.num_workers, "use_gpu": bool(use_gpu),
-               "cpus_per_run": res.cpus_per_run, "storage": str(storage)}
-        cpus = ray.cluster_resources().get("CPU", 1)
-        if use_train:
-            trial_resources = {"cpu": 0.01}
-            per_run = res.num_workers * res.cpus_per_run
-            default_conc = max(1, int(cpus // per_run))
-        else:
-            trial_resources = {"cpu": res.cpus_per_run}
-            default_conc = max(1, int(cpus // res.cpus_per_run))
-        concurrent = res.max_concurrent_trials or spec.search.max_concurrent or default_conc
-        trainable = tune.with_resources(tune.with_parameters(config_trial, ctx=ctx),
-                                        trial_resources)
-        writer = MlflowWriter(tracker)
-        printer = ProgressPrinter(plan, out=out, mode=spec.search.mode)
-        run_config = tune.RunConfig(
-            name=spec.name, storage_path=str(storage), callbacks=[writer, printer], verbose=0,
-            failure_config=tune.FailureConfig(max_failures=spec.storage.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
-        from ray.tune import Tuner
-
-        if Tuner.can_restore(str(exp_dir)):
-            out(f"resuming sweep {spec.name!r} from {exp_dir}")
-            tuner = Tuner.restore(str(exp_dir), trainable, resume_errored=True)
-            tuner._local_tuner._run_config.callbacks = [writer, printer]  # callbacks are not pickled
-        else:
-            param_space, search_alg, num_samples = _search_setup(spec, plan)
-            scheduler = None
-            if spec.search.scheduler == "asha":
-                from ray.tune.schedulers import ASHAScheduler
-
-                epochs = int(spec.fixed().get("epochs", task.params["epochs"].default)) \
-                    if "epochs" in task.params else 100
-                scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs,
-                                          grace_period=spec.search.grace_period)
-            tuner = Tuner(trainable, param_space=param_space,
-                          tune_config=tune.TuneConfig(metric="objective", mode=spec.search.mode,
-                                                      search_alg=search_alg, scheduler=scheduler,
-                                                      num_samples=num_samples,
-                                                      max_concurrent_trials=concurrent,
-                                                      reuse_actors=False,
-                                                      # no param values in paths
-                                                      trial_dirname_creator=_trial_dirname),
-                          run_config=run_config)
-            exp_dir.mkdir(parents=True, exist_ok=True)
-            (exp_dir / SPEC_FILE).write_text(json.dumps({"spec_hash": spec_hash,
-                                                         "spec": spec_dict}, indent=1))
-        grid = tuner.fit()
-        errors = [r for r in grid if r.error is not None]
-        unfinished = [t for t in printer.trials if t.status not in ("TERMINATED", "ERROR")]
         from raybrain.analysis.verdict import format_table, verdict_table
 
         table = verdict_table(tracker, spec)
         tracker.client.log_text(parent_id, table.to_csv(), "verdict.csv")
-        tracker.close_parent("KILLED" if unfinished else "FAILED" if errors else "FINISHED")
+        tracker.close_parent("KILLED" if not status.complete else
+                             "FAILED" if status.errors else "FINISHED")
         out(format_table(table, spec))
-        if unfinished:
-            out(f"sweep interrupted with {len(unfinished)} config(s) unfinished; the verdict above "
-                f"covers finished runs only; run the same command again to resume")
-        if errors:
-            out(f"{len(errors)} config(s) failed; first error: {str(errors[0].error).splitlines()[0]}")
+        if not status.complete:
+            out(f"sweep interrupted with {status.unfinished} config(s) unfinished; the verdict "
+                f"above covers finished runs only; run the same command again to resume")
+        if status.errors:
+            out(f"{len(status.errors)} config(s) failed; first error: "
+                f"{str(status.errors[0]).splitlines()[0]}")
         out(f"open the MLflow UI: mlflow ui --backend-store-uri {spec.tracking.uri} "
             f"(experiment {spec.tracking.experiment!r}, parent run {spec.name!r})")
         return SweepResult(spec, parent_id, spec.tracking.uri, tracker.experiment_id, table,
-                           time.time() - t0)
+                           time.time() - t0, chosen)
     finally:
         if started_ray:
             ray.shutdown()
+
+
+@dataclass
+class _StageStatus:
+    results: list[tuple[dict[str, Any], float | None, bool]]
+    errors: list[BaseException]
+    unfinished: int
+
+    @property
+    def complete(self) -> bool:
+        return self.unfinished == 0
+
+    def merge(self, other: "_StageStatus") -> "_StageStatus":
+        return _StageStatus(other.results, self.errors + other.errors,
+                            self.unfinished + other.unfinished)
+
+
+class _StageRunner:
+    """Runs one stage as a Tune experiment (new, or restored under the same name)."""
+
+    def __init__(self, spec: Spec, task, tracker, storage: Path, spec_hash: str,
+                 finished: list[str], out: Callable[[str], None]):
+        import ray
+
+        self.spec, self.task, self.tracker, self.storage = spec, task, tracker, storage
+        self.spec_hash, self.finished, self.out = spec_hash, finished, out
+        self._ledgers: dict[str, Any] = {}
+        res = spec.resources
+        use_gpu = res.use_gpu
+        if use_gpu == "auto":
+            use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+        self.use_gpu = bool(use_gpu)
+        self.use_train = res.num_workers > 1 or self.use_gpu
+        self.execution = (f"ray-train TorchTrainer per run (num_workers={res.num_workers}, "
+                          f"use_gpu={self.use_gpu})" if self.use_train else "in-process per trial")
+
+    def _ledger(self, plan: SweepPlan, name: str) -> str:
+        from raybrain.sweep.arms import assign_baselines, plan_config_runs
+        from raybrain.sweep.trial import BaselineLedger
+
+        spec = self.spec
+        assigned = None
+        if plan.configs is not None:
+            assigned = assign_baselines([
+                plan_config_runs(spec.name, self.task, {**spec.fixed(), **c}, spec.arms.include,
+                                 spec.arms, plan.seeds, spec.data_seed, label=c, stage=plan.stage)
+                for c in plan.configs])
+        ledger_name = f"raybrain-ledger-{name}-{self.spec_hash}"
+        # keep the handle: a named actor dies with its last handle
+        self._ledgers[ledger_name] = BaselineLedger.options(
+            name=ledger_name, get_if_exists=True).remote(self.finished, assigned)
+        return ledger_name
+
+    def run(self, plan: SweepPlan, name: str) -> _StageStatus:
+        import ray
+        from ray import tune
+        from ray.tune import Tuner
+
+        from raybrain.sweep.callbacks import MlflowWriter, ProgressPrinter
+        from raybrain.sweep.trial import config_params, config_trial
+
+        spec, res = self.spec, self.spec.resources
+        exp_dir = self.storage / name
+        ctx = {"sweep": spec.name, "task": spec.task, "data": spec.data,
+               "data_seed": spec.data_seed, "fixed": spec.fixed(), "arms": spec.arms.include,
+               "arms_spec": spec.arms, "seeds": plan.seeds, "stage": plan.stage,
+               "metric": spec.search.metric, "objective": spec.search.objective,
+               "primary_metric": self.task.primary_metric,
+               "checkpoint_every": spec.storage.checkpoint_every,
+               "ledger": self._ledger(plan, name), "use_train": self.use_train,
+               "num_workers": res.num_workers, "use_gpu": self.use_gpu,
+               "cpus_per_run": res.cpus_per_run, "storage": str(self.storage)}
+        cpus = ray.cluster_resources().get("CPU", 1)
+        per_trial = res.num_workers * res.cpus_per_run if self.use_train else res.cpus_per_run
+        trial_resources = {"cpu": 0.01} if self.use_train else {"cpu": res.cpus_per_run}
+        concurrent = (res.max_concurrent_trials or spec.search.max_concurrent
+                      or max(1, int(cpus // per_trial)))
+        trainable = tune.with_resources(tune.with_parameters(config_trial, ctx=ctx),
+                                        trial_resources)
+        writer = MlflowWriter(self.tracker)
+        printer = ProgressPrinter(plan, out=self.out, mode=spec.search.mode)
+        if Tuner.can_restore(str(exp_dir)):
+            self.out(f"resuming {plan.stage} stage of sweep {spec.name!r} from {exp_dir}")
+            tuner = Tuner.restore(str(exp_dir), trainable, resume_errored=True)
+            # Tune pickles its run config without our callbacks' state: attach fresh ones
+            tuner._local_tuner._run_config.callbacks = [writer, printer]
+        else:
+            param_space, search_alg, num_samples = search_setup(spec, plan)
+            scheduler = None
+            if plan.stage == "search" and spec.search.scheduler == "asha":
+                from ray.tune.schedulers import ASHAScheduler
+
+                epochs = int(spec.fixed().get("epochs", self.task.params["epochs"].default)) \
+                    if "epochs" in self.task.params else 100
+                scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs,
+                                          grace_period=spec.search.grace_period)
+            tuner = Tuner(
+                trainable, param_space=param_space,
+                tune_config=tune.TuneConfig(
+                    metric="objective", mode=spec.search.mode, search_alg=search_alg,
+                    scheduler=scheduler, num_samples=num_samples,
+                    max_concurrent_trials=concurrent, reuse_actors=False,
+                    trial_dirname_creator=_trial_dirname),  # no param values in paths
+                run_config=tune.RunConfig(
+                    name=name, storage_path=str(self.storage), callbacks=[writer, printer],
+                    verbose=0,
+                    failure_config=tune.FailureConfig(max_failures=spec.storage.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+            exp_dir.mkdir(parents=True, exist_ok=True)
+            (exp_dir / SPEC_FILE).write_text(json.dumps(
+                {"spec_hash": self.spec_hash, "stage": plan.stage}, indent=1))
+        grid = tuner.fit()
+        results = []
+        for r in grid:
+            m = r.metrics or {}
+            complete = bool(m) and m.get("runs_done") == m.get("runs_total") and r.error is None
+            results.append((config_params(r.config or {}), m.get("objective"), complete))
+        unfinished = sum(1 for t in printer.trials if t.status not in ("TERMINATED", "ERROR"))
+        return _StageStatus(results, [r.error for r in grid if r.error is not None], unfinished)
+
+
+def _chosen(exp_dir: Path, status: _StageStatus, spec: Spec) -> list[dict[str, Any]]:
+    """The configs to confirm: chosen once, then read back on every resume."""
+    f = exp_dir / CHOSEN_FILE
+    if f.exists():
+        return json.loads(f.read_text())
+    chosen = choose_configs(status.results, spec.confirm_configs, spec.search.mode)
+    f.write_text(json.dumps(chosen))
+    return chosen
+
+
+def _apply_overrides(spec: Spec, source: str, *, name, seeds, tracking_uri) -> Spec:
+    if name is not None or seeds is not None:
+        from raybrain.sweep.spec import parse_spec
+
+        update: dict[str, Any] = {}
+        if name is not None:
+            update["name"] = name
+        if seeds is not None:
+            update["seeds"] = seeds
+        spec = parse_spec({**spec.model_dump(), **update}, source)
+    if tracking_uri is not None:
+        spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(
+            update={"uri": tracking_uri})})
+    return spec
+
+
+def _check_metric(spec: Spec, task, source: str) -> None:
+    allowed = task.metrics + (f"{task.primary_metric}_auc",)
+    if spec.search.metric not in allowed:
+        raise SpecError(f"{source}: search.metric {spec.search.metric!r} is not a metric of "
+                        f"task {spec.task!r}; expected one of {sorted(allowed)}")
 
 
 def _trial_dirname(trial) -> str:

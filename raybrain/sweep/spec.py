@@ -65,6 +65,18 @@ class ArmsSpec(_Strict):
     l2_grid: list[float] = [1e-7, 1e-6, 1e-5, 1e-4, 1e-3]
 
 
+class ConfirmSpec(_Strict):
+    """The confirmation stage: the best configs of the search re-run on fresh seeds.
+
+    ``configs``: how many of the search's best configs to confirm (default: 1 for optuna
+    and random searches; 0 for grids, whose every point is reported with Holm
+    correction). ``seeds``: fresh seeds per arm (default: as many as the search used).
+    """
+
+    configs: int | None = Field(None, ge=0)
+    seeds: int | None = Field(None, ge=1)
+
+
 class ResourcesSpec(_Strict):
     #: Ray Train workers per run; more than 1 (or a GPU) runs each run as a TorchTrainer
     num_workers: int = Field(1, ge=1)
@@ -93,6 +105,7 @@ class Spec(_Strict):
     search: SearchSpec = SearchSpec()
     arms: ArmsSpec = ArmsSpec()
     seeds: int | list[int] = 5
+    confirm: ConfirmSpec = ConfirmSpec()
     data_seed: int = 0
     significance: float = Field(0.05, gt=0, lt=1)
     resources: ResourcesSpec = ResourcesSpec()
@@ -103,6 +116,24 @@ class Spec(_Strict):
     @property
     def seed_list(self) -> list[int]:
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    @property
+    def confirm_configs(self) -> int:
+        """How many configs the confirmation stage re-runs (0: no confirmation stage)."""
+        if self.confirm.configs is not None:
+            return self.confirm.configs
+        return 0 if self.search.algorithm == "grid" else 1
+
+    @property
+    def confirm_seeds(self) -> list[int]:
+        """Fresh seeds for the confirmation stage, none of them used by the search."""
+        n = self.confirm.seeds or len(self.seed_list)
+        start = max(self.seed_list) + 1
+        return list(range(start, start + n))
+
+    @property
+    def verdict_stage(self) -> str:
+        return "confirm" if self.confirm_configs else "search"
 
     def searched(self) -> dict[str, dict[str, Any]]:
         """The params given as a search distribution: ``{name: {kind: values}}``."""
@@ -145,6 +176,7 @@ _KNOWN = {
     ("resources",): list(ResourcesSpec.model_fields),
     ("tracking",): list(TrackingSpec.model_fields),
     ("storage",): list(StorageSpec.model_fields),
+    ("confirm",): list(ConfirmSpec.model_fields),
 }
 
 
@@ -314,6 +346,23 @@ def validate_spec(spec: Spec, source: str = "spec", *, check_data: bool = True) 
             f"{spec.significance}; use at least "
             f"{next(k for k in range(2, 50) if min_exact_mw_pvalue(k) < spec.significance)} seeds",
             SpecWarning, stacklevel=2)
+
+    if algo != "grid" and spec.confirm_configs == 0:
+        warnings.warn(
+            f"{source}: confirm.configs is 0, so the verdict is computed on the seeds that "
+            f"selected the config, which inflates false positives; confirm on fresh seeds "
+            f"(confirm.configs >= 1)", SpecWarning, stacklevel=2)
+    if spec.confirm_configs:
+        nc = len(spec.confirm_seeds)
+        if nc < 2 or min_exact_mw_pvalue(nc) >= spec.significance:
+            warnings.warn(
+                f"{source}: the confirmation stage's {nc} seed(s) per arm cannot give an exact "
+                f"one-sided Mann-Whitney p-value below significance {spec.significance}",
+                SpecWarning, stacklevel=2)
+        n_grid = math.prod(len(next(iter(d.values()))) for d in searched.values())
+        if algo == "grid" and spec.confirm_configs > n_grid:
+            raise SpecError(f"{source}: confirm.configs ({spec.confirm_configs}) exceeds the "
+                            f"number of grid configs")
 
     try:
         data = task.parse_data(spec.data)

@@ -149,7 +149,7 @@ class Tracker:
                 "raybrain.arm": spec.arm, "raybrain.seed": str(spec.seed),
                 "raybrain.config_id": spec.config_id, "raybrain.baseline_key": spec.baseline_key,
                 "raybrain.task": spec.task, PARENT_TAG: spec.sweep, "raybrain.role": "run",
-                "raybrain.brain_source": str(spec.brain_source),
+                "raybrain.brain_source": str(spec.brain_source), "raybrain.stage": spec.stage,
                 "raybrain.label": json.dumps(shown, sort_keys=True),
                 "mlflow.runName": name, "raybrain.last_epoch": "0"}
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=name)

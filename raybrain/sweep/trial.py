@@ -56,7 +56,7 @@ def plan_trial_runs(ctx: dict[str, Any], searched: dict[str, Any]) -> list[RunSp
     params = {**ctx["fixed"], **searched}
     label = {k: searched[k] for k in sorted(searched)}
     return plan_config_runs(ctx["sweep"], task, params, ctx["arms"], ctx["arms_spec"],
-                            ctx["seeds"], ctx["data_seed"], label=label)
+                            ctx["seeds"], ctx["data_seed"], label=label, stage=ctx["stage"])
 
 
 def config_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from raybrain.align import TRANSFER_LOSSES, mix_losses
+from raybrain.align import TRANSFER_LOSSES, linear_cka, mix_losses, rsa, subsample_items
 from raybrain.data import (
     Episodes,
     MemoryTaskConfig,
@@ -54,6 +54,13 @@ class MemoryData(BaseModel):
     generator: Literal["informative", "null"] = "informative"
     snr: float = Field(1.0, gt=0)
     n_train_episodes: int = Field(50, ge=2)
+    #: synthetic: extra episodes simulated with the training ones (same brain generator)
+    #: and held out from training, for the alignment diagnostics
+    n_heldout_episodes: int = Field(20, ge=1)
+    #: npz: fraction of the file's episodes held out from training for the diagnostics
+    heldout_fraction: float = Field(0.2, gt=0, lt=1)
+    #: time points (at most) of the held-out steps used for the RSA and CKA diagnostics
+    diagnostic_bins: int = Field(400, ge=3)
     n_val_episodes: int = Field(200, ge=1)
     n_test_episodes: int = Field(1000, ge=1)
     pre_bins: int = Field(5, ge=1)
@@ -136,6 +143,12 @@ class MemoryTaskData:
     test: EncodedSplit
     brain_steps: np.ndarray
     data_seed: int
+    #: held-out episodes with brain data (never trained on), their real brain embeddings
+    #: in the time layout (n_heldout, T, E) and the flat indices of the valid time points
+    #: the diagnostics use
+    heldout: EncodedSplit | None = None
+    heldout_brain: torch.Tensor | None = None
+    diag_index: np.ndarray | None = None
     _views: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def brain_view(self, source: str) -> torch.Tensor:
@@ -180,7 +193,7 @@ class B2MMemory(Task):
     primary_metric = "test_accuracy"
     primary_mode = "max"
     metrics = ("test_accuracy", "val_accuracy", "test_task_loss", "task_loss",
-               "transfer_loss", "loss")
+               "transfer_loss", "loss", "align_rsa", "align_cka")
     divergence_threshold = None
 
     def check_data(self, data: MemoryData, params: dict[str, Any]) -> None:
@@ -193,18 +206,36 @@ class B2MMemory(Task):
         cfg = data.task_config()
         if data.source == "npz":
             episodes, brain = load_memory_npz(data.path, cfg, expected_dim=None)
+            n_held = int(round(data.heldout_fraction * episodes.n_episodes))
+            if episodes.n_episodes - n_held < 2 or n_held < 1:
+                raise SpecError(f"data.path {data.path!r}: {episodes.n_episodes} episodes cannot "
+                                f"be split into >= 2 training and >= 1 held-out episodes with "
+                                f"heldout_fraction={data.heldout_fraction}")
+            order = np.random.default_rng([data_seed, 5]).permutation(episodes.n_episodes)
+            held_idx, train_idx = np.sort(order[:n_held]), np.sort(order[n_held:])
         else:
-            episodes = simulate_episodes(data.n_train_episodes, cfg,
-                                         np.random.default_rng([data_seed, 1]))
+            n_all = data.n_train_episodes + data.n_heldout_episodes
+            episodes = simulate_episodes(n_all, cfg, np.random.default_rng([data_seed, 1]))
             brain = synthetic_brain(episodes, cfg, np.random.default_rng([data_seed, 2]),
                                     snr=data.snr, dim=7,
                                     informative=data.generator == "informative")
+            train_idx = np.arange(data.n_train_episodes)
+            held_idx = np.arange(data.n_train_episodes, n_all)
+        train_eps, train_brain = episodes.split(train_idx, brain)
+        held_eps, held_brain = episodes.split(held_idx, brain)
         val = simulate_episodes(data.n_val_episodes, cfg, np.random.default_rng([data_seed, 3]))
         test = simulate_episodes(data.n_test_episodes, cfg, np.random.default_rng([data_seed, 4]))
-        return MemoryTaskData(cfg=cfg, train=EncodedSplit.of(episodes, cfg),
+        heldout = EncodedSplit.of(held_eps, cfg)
+        held_time = step_bins_to_time(held_brain, held_eps, cfg)
+        n_valid = int(heldout.brain_mask.sum())
+        diag = subsample_items(n_valid, data.diagnostic_bins, np.random.default_rng([data_seed, 6]))
+        return MemoryTaskData(cfg=cfg, train=EncodedSplit.of(train_eps, cfg),
                               val=EncodedSplit.of(val, cfg), test=EncodedSplit.of(test, cfg),
-                              brain_steps=np.asarray(brain, dtype=np.float32),
-                              data_seed=data_seed)
+                              brain_steps=np.asarray(train_brain, dtype=np.float32),
+                              data_seed=data_seed, heldout=heldout,
+                              heldout_brain=torch.from_numpy(
+                                  np.ascontiguousarray(held_time, dtype=np.float32)),
+                              diag_index=diag)
 
     def build(self, data: MemoryTaskData, params: dict[str, Any], brain_source: str | None,
               seed: int, device: str = "cpu") -> "MemoryRun":
@@ -325,7 +356,25 @@ class MemoryRun(TaskRun):
     def evaluate(self) -> dict[str, float]:
         test_acc, test_loss = self._score(self.data.test)
         val_acc, _ = self._score(self.data.val)
-        return {"test_accuracy": test_acc, "val_accuracy": val_acc, "test_task_loss": test_loss}
+        return {"test_accuracy": test_acc, "val_accuracy": val_acc, "test_task_loss": test_loss,
+                **self._alignment()}
+
+    @torch.no_grad()
+    def _alignment(self) -> dict[str, float]:
+        """RSA and linear CKA between the embedding and the real brain on held-out steps.
+
+        Always against the real (unshuffled) brain, whatever the run's brain source.
+        """
+        held = self.data.heldout
+        self.model.eval()
+        t_max = int(held.lengths_t.max())
+        _, emb = self.model(held.inputs[:, :t_max].to(self.device))
+        mask = held.brain_mask[:, :t_max]
+        model_pts = emb.cpu()[mask][self.data.diag_index].numpy()
+        brain_pts = self.data.heldout_brain[:, :t_max][mask][self.data.diag_index].numpy()
+        if not (np.isfinite(model_pts).all()):
+            return {"align_rsa": float("nan"), "align_cka": float("nan")}
+        return {"align_rsa": rsa(model_pts, brain_pts), "align_cka": linear_cka(model_pts, brain_pts)}
 
     # -- state --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
