@@ -3,6 +3,10 @@
 ``raybrain sweep SPEC [--address] [--tracking-uri] [--name] [--max-configs] [--seeds]
 [--dry-run]`` validates the spec (one line and exit code 2 on bad input, before Ray starts
 or any MLflow run exists), runs the sweep with live progress and prints the verdict table.
+``raybrain ui [--tracking-uri] [--experiment] [--sweep] [--port] [--host]`` serves the
+MLflow store in the MLflow UI and prints the experiment's (and the sweep's) URL.
+``raybrain report SWEEP [--out DIR]`` draws the sweep's figures and verdict into one HTML
+page and logs them on the sweep's parent run.
 """
 
 from __future__ import annotations
@@ -36,7 +40,71 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray (default: all)")
     v = sub.add_parser("validate", help="validate a spec and print the plan")
     v.add_argument("spec")
+    from raybrain.analysis.report import add_report_subparser
+
+    add_report_subparser(sub)
+    u = sub.add_parser("ui", help="serve the MLflow store in the MLflow UI until Ctrl-C")
+    u.add_argument("--tracking-uri", default="sqlite:///mlflow.db",
+                   help="MLflow backend store (default: sqlite:///mlflow.db, the sweeps' default)")
+    u.add_argument("--experiment", default="raybrain",
+                   help="MLflow experiment of the sweeps (default: raybrain, the spec default)")
+    u.add_argument("--sweep", help="also print the URL of this sweep's parent run")
+    u.add_argument("--port", type=_port, help="port to listen on (default: a free one)")
+    u.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1)")
     return p
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port in 1..65535, got {value}")
+    return value
+
+
+def _ui(args: argparse.Namespace) -> int:
+    """``raybrain ui``: look the sweep up, start ``mlflow server``, print URLs, wait."""
+    import signal
+    import time
+
+    from raybrain.errors import SpecError
+    from raybrain.ui import MlflowServer, ServerError, lookup
+
+    uri = args.tracking_uri
+    if uri.startswith(("http://", "https://")):
+        raise SpecError(f"--tracking-uri {uri} is already an MLflow server: open it in a "
+                        f"browser; raybrain ui serves a database store such as sqlite:///mlflow.db")
+    experiment_id, parent_id = lookup(uri, args.experiment, args.sweep)
+
+    def _terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    server = MlflowServer(uri, port=args.port, host=args.host)
+    try:
+        try:
+            server.start()
+        except ServerError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        print(f"MLflow UI for {uri}: {server.url} (Ctrl-C stops it)", flush=True)
+        if experiment_id is None:
+            print(f"no experiment {args.experiment!r} in {uri} yet", flush=True)
+        else:
+            print(f"experiment {args.experiment!r}: {server.experiment_url(experiment_id)}",
+                  flush=True)
+        if parent_id is not None:
+            print(f"sweep {args.sweep!r}: {server.run_url(experiment_id, parent_id)}", flush=True)
+        while server.proc.poll() is None:
+            time.sleep(0.5)
+        print(f"error: mlflow server exited with code {server.proc.returncode}: "
+              f"{server.log_tail()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("stopping the MLflow server", file=sys.stderr, flush=True)
+        return 0
+    finally:
+        server.stop()
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _ArgumentError(Exception):
@@ -55,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.showwarning = warn_line
     try:
+        if args.command == "ui":
+            return _ui(args)
+        if args.command == "report":
+            from raybrain.analysis.report import run_report_command
+
+            return run_report_command(args)
         from raybrain.sweep import load_spec, run_sweep
 
         spec = load_spec(args.spec)

@@ -165,7 +165,7 @@ def test_killed_driver_resumes_without_duplicating_runs(ray_session, in_tmp, tin
     proc = subprocess.Popen([sys.executable, "-m", "raybrain.cli", "sweep", str(path),
                              "--tracking-uri", uri, "--num-cpus", "2"],
                             cwd=in_tmp, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=open(in_tmp / "driver.err", "w"))
     try:
         # wait until some epochs are in MLflow, then kill the driver and its local Ray
         deadline = time.time() + 240
@@ -187,20 +187,26 @@ def test_killed_driver_resumes_without_duplicating_runs(ray_session, in_tmp, tin
                 continue
             if logged >= 3:
                 break
-        assert proc.poll() is None, "the sweep finished before it could be interrupted"
+        assert proc.poll() is None, ("the sweep ended before it could be interrupted: "
+                                     + (in_tmp / "driver.err").read_text()[-2000:])
         assert logged >= 3
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
     _, _, before = _children(uri, "tiny-resume")
     assert any(c.info.status == "RUNNING" for c in before)
 
-    result = run_sweep(parse_spec(d), tracking_uri=uri, out=lambda s: None)
+    printed: list[str] = []
+    result = run_sweep(parse_spec(d), tracking_uri=uri, out=printed.append)
     tracker, parent, children = _children(uri, "tiny-resume")
+    assert not any("config(s) failed" in line for line in printed), "\n".join(printed)
     assert len(children) == 2 * 1 * 2 + 1 * 2  # brain x 2 configs x 2 seeds + none x 2 seeds
     assert {c.info.run_id for c in before} <= {c.info.run_id for c in children}
     for c in children:
         assert c.info.status == "FINISHED"
-        steps = [m.step for m in tracker.client.get_metric_history(c.info.run_id, "test_accuracy")]
-        assert sorted(steps) == list(range(1, 13))  # every epoch once, none duplicated
+        hist = tracker.client.get_metric_history(c.info.run_id, "test_accuracy")
+        steps = [m.step for m in hist]
+        assert sorted(steps) == list(range(1, 13)), (  # every epoch once, none duplicated
+            c.data.tags["raybrain.run_key"], sorted((m.step, m.timestamp, m.value) for m in hist))
     assert {r["arm"] for r in result.table.arm_rows()} == {"brain", "none"}

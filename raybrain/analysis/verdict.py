@@ -85,6 +85,7 @@ def runs_to_records(runs, primary: str, stage: str | None = None) -> list[dict[s
             continue
         diverged = t.get("raybrain.diverged") == "True" or m.get("diverged", 0) > 0
         rec = {
+            "run_id": r.info.run_id,
             "arm": t["raybrain.arm"], "seed": int(t["raybrain.seed"]),
             "config_id": t["raybrain.config_id"], "baseline_key": t["raybrain.baseline_key"],
             "label": json.loads(t.get("raybrain.label", "{}")),
@@ -101,7 +102,8 @@ def runs_to_records(runs, primary: str, stage: str | None = None) -> list[dict[s
     return out
 
 
-def _label(lab: dict[str, Any]) -> str:
+def config_label(lab: dict[str, Any]) -> str:
+    """How a config is named in the verdict and the report: ``alpha=0.1, lr=0.01``."""
     return ", ".join(f"{k}={v}" for k, v in sorted(lab.items())) or "-"
 
 
@@ -198,7 +200,7 @@ def build_verdict(records: list[dict[str, Any]], primary: str = "test_accuracy",
     tests: list[dict[str, Any]] = []
     for cid in cids:
         mine = [r for r in records if r["config_id"] == cid]
-        label = _label(next(r["label"] for r in mine))
+        label = config_label(next(r["label"] for r in mine))
         base = [r for r in records if r["baseline"] and r["baseline_key"] == mine[0]["baseline_key"]]
         present = {r["arm"] for r in mine}
         order = ["brain", *[a for a in CONTROL_ORDER if a in present],
@@ -222,8 +224,13 @@ def build_verdict(records: list[dict[str, Any]], primary: str = "test_accuracy",
             for metric in ("final", "area"):
                 table.rows.append({"kind": "arm", "config": label, "arm": arm,
                                    "metric": f"{metric}_{primary}", **_summary(recs, metric)})
-        for arm in [a for a in ("shuffled", "noise", "l2") if a in expected]:
-            if (arm if arm != "l2" else "best_l2") not in controls.values():
+        for arm in ("shuffled", "noise", "l2"):
+            if arm not in expected:
+                table.rows.append({"kind": "note", "config": label, "control": arm,
+                                   "note": f"brain vs {arm}: cannot be made, the sweep has no "
+                                           f"'{arm}' arm (not in arms.include); the verdict "
+                                           f"judges the other controls only"})
+            elif (arm if arm != "l2" else "best_l2") not in controls.values():
                 table.rows.append({"kind": "note", "config": label, "control": arm,
                                    "note": f"brain vs {arm}: cannot be made, arm '{arm}' has "
                                            f"no finished runs for this config"})

@@ -120,10 +120,17 @@ def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
             out(f"sweep interrupted with {status.unfinished} config(s) unfinished; the verdict "
                 f"above covers finished runs only; run the same command again to resume")
         if status.errors:
-            out(f"{len(status.errors)} config(s) failed; first error: "
-                f"{str(status.errors[0]).splitlines()[0]}")
-        out(f"open the MLflow UI: mlflow ui --backend-store-uri {spec.tracking.uri} "
-            f"(experiment {spec.tracking.experiment!r}, parent run {spec.name!r})")
+            lines = [ln for ln in str(status.errors[0]).splitlines() if ln.strip()]
+            out(f"{len(status.errors)} config(s) failed; first error: {lines[-1] if lines else '?'}")
+        try:
+            from raybrain.analysis.report import build_report
+
+            out(f"report: {build_report(spec.name, spec.tracking.uri, spec.tracking.experiment)}")
+        except Exception as exc:  # the runs and the verdict are safe in MLflow already
+            out(f"the report could not be written ({type(exc).__name__}: {exc}); "
+                f"retry with: raybrain report {spec.name} --tracking-uri {spec.tracking.uri}")
+        out(f"open the MLflow UI: raybrain ui --tracking-uri {spec.tracking.uri} "
+            f"--experiment {spec.tracking.experiment} --sweep {spec.name}")
         return SweepResult(spec, parent_id, spec.tracking.uri, tracker.experiment_id, table,
                            time.time() - t0, chosen)
     finally:
@@ -236,7 +243,9 @@ class _StageRunner:
                     name=name, storage_path=str(self.storage), callbacks=[writer, printer],
                     verbose=0,
                     failure_config=tune.FailureConfig(max_failures=spec.storage.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+                    # 2, not 1: a driver killed after deleting the older checkpoint but before
+                    # saving its experiment state would otherwise resume from a deleted one
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
             exp_dir.mkdir(parents=True, exist_ok=True)
             (exp_dir / SPEC_FILE).write_text(json.dumps(
                 {"spec_hash": self.spec_hash, "stage": plan.stage}, indent=1))
