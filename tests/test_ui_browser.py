@@ -177,6 +177,20 @@ def test_mlflow_ui_shows_the_sweep(ray_session, tmp_path, monkeypatch, browser):
                 start = " ".join(c for c in row[:3] if c) + " "
                 assert any(line.startswith(start) for line in lines), (start, text)
             _shoot(browser, "5_parent_artifacts_verdict")
+
+            # the sweep's report page, as a user opens it from disk
+            report = tmp_path / "raybrain_report" / SWEEP / "index.html"
+            browser.get(report.as_uri())
+            wait.until(EC.text_to_be_present_in_element((By.TAG_NAME, "h1"), SWEEP))
+            page = browser.find_element(By.TAG_NAME, "body").text
+            assert all(name in page for name in CHILD_NAMES), page
+            assert "config alpha=0.1" in page and "brain vs noise: cannot be made" in page
+            images = browser.find_elements(By.TAG_NAME, "img")
+            assert len(images) >= 5
+            loaded = browser.execute_script(
+                "return Array.from(document.images).map(i => i.complete && i.naturalWidth)")
+            assert all(w and w > 100 for w in loaded), loaded  # every figure decoded
+            _shoot(browser, "6_report")
         except Exception:
             _shoot(browser, "failure")
             print(f"page at failure: {browser.current_url}; server log: {server.log_tail()}")
