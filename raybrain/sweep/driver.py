@@ -91,6 +91,9 @@ def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
         started_ray = True
     for logger in ("ray", "ray.tune", "ray.train"):
         logging.getLogger(logger).setLevel(logging.WARNING)
+    # per-epoch MLflow writes of a lockstep trial take ~0.5 s; Tune's "slow callback" hints
+    # would drown the progress lines
+    logging.getLogger("ray.tune.utils.util").setLevel(logging.ERROR)
     try:
         runner = _StageRunner(spec, task, tracker, storage, spec_hash, finished, out)
         out(plan.describe().splitlines()[0])
