@@ -62,6 +62,21 @@ def test_report_of_a_real_sweep(ray_session, tmp_path, monkeypatch, tiny_spec_di
         assert (out / f"{stem}.svg").stat().st_size > 5_000
         assert f'id="{stem}"' in html
     assert (out / "verdict.csv").read_bytes().decode() == result.table.to_csv()
+    # every metric per epoch, mean and s.e.m. over the 2 seeds, per config and arm
+    import csv
+
+    rows = list(csv.DictReader((out / "epochs.csv").open()))
+    keyed = {(r["config"], r["arm"], r["metric"], r["epoch"]): r for r in rows}
+    for metric in ("test_accuracy", "task_loss", "transfer_loss", "align_cka", "test_accuracy_auc"):
+        for epoch in ("1", "2"):
+            row = keyed[("alpha=0.1", "brain", metric, epoch)]
+            assert row["n"] == "2" and row["sem"] != ""
+    brain_acc = [c for c in MlflowClient(uri).search_runs(
+        [result.experiment_id], "tags.`raybrain.arm` = 'brain'")
+        if c.data.params["alpha"] == "0.1"]
+    expected = sum(c.data.metrics["final_test_accuracy"] for c in brain_acc) / len(brain_acc)
+    assert float(keyed[("alpha=0.1", "brain", "test_accuracy", "2")]["mean"]) == pytest.approx(expected)
+    assert ("baseline", "none", "test_accuracy", "1") in keyed
     # every child run is listed
     assert text.count("<code>") >= 12 + 6
     assert "brain[alpha=0.1] seed=0" in text and "FINISHED" in text
@@ -72,7 +87,7 @@ def test_report_of_a_real_sweep(ray_session, tmp_path, monkeypatch, tiny_spec_di
     client = MlflowClient(uri)
     parent = client.get_run(result.parent_run_id)
     logged = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id, "report")}
-    assert {"index.html", "verdict.csv"} <= logged
+    assert {"index.html", "verdict.csv", "epochs.csv"} <= logged
     assert {f"{s}.png" for s in stems} <= logged and {f"{s}.svg" for s in stems} <= logged
 
     # by parent run id, through the CLI entry points, without logging

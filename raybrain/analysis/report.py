@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import numpy as np
+
 from raybrain.analysis.figures import Panel, ReportData, RunInfo, draw_panels, load_dashboard
 from raybrain.errors import SpecError
 
@@ -191,6 +193,10 @@ def build_report(sweep: str, tracking_uri: str = DEFAULT_URI, experiment: str = 
         images.append((panel, stem))
     csv_path = out / "verdict.csv"
     csv_path.write_bytes(table.to_csv().encode("utf-8"))
+    epochs_path = out / "epochs.csv"
+    metrics = [*task.metrics, f"{task.primary_metric}_auc"]
+    epochs_path.write_bytes(epoch_summary(data, metrics).encode("utf-8"))
+    files.append(epochs_path)
     page = render_html(data, parent, children, images, out, tracking_uri, experiment)
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
@@ -199,6 +205,44 @@ def build_report(sweep: str, tracking_uri: str = DEFAULT_URI, experiment: str = 
         for f in files:
             client.log_artifact(parent.info.run_id, str(f), artifact_path="report")
     return index
+
+
+def epoch_summary(data: ReportData, metrics: list[str]) -> str:
+    """CSV of every metric per epoch, per (config, arm): n, mean and s.e.m. over seeds.
+
+    Baseline runs are grouped under config "baseline" with their arm name (L2 runs by
+    weight decay, e.g. ``l2[weight_decay=1e-05]``). s.e.m. is empty below 2 values.
+    """
+    import csv
+    import io
+
+    from raybrain.analysis.verdict import config_label
+
+    groups: dict[tuple[str, str], list[RunInfo]] = {}
+    for r in data.runs:
+        rec = r.record
+        if rec["baseline"]:
+            wd = rec["label"].get("weight_decay")
+            key = ("baseline", f"l2[weight_decay={wd}]" if rec["arm"] == "l2" else rec["arm"])
+        else:
+            key = (config_label(rec["label"]), rec["arm"])
+        groups.setdefault(key, []).append(r)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["config", "arm", "metric", "epoch", "n", "mean", "sem"])
+    for (config, arm), runs in groups.items():
+        for metric in metrics:
+            by_epoch: dict[int, list[float]] = {}
+            for r in runs:
+                for step, v in data.history(r.run_id, metric):
+                    if v is not None and math.isfinite(v):
+                        by_epoch.setdefault(int(step), []).append(float(v))
+            for epoch in sorted(by_epoch):
+                vals = by_epoch[epoch]
+                sem = (float(np.std(vals, ddof=1) / math.sqrt(len(vals)))
+                       if len(vals) >= 2 else "")
+                w.writerow([config, arm, metric, epoch, len(vals), float(np.mean(vals)), sem])
+    return buf.getvalue()
 
 
 # --------------------------------------------------------------------------- formatting
@@ -488,7 +532,9 @@ def render_html(data: ReportData, parent, children, images: list[tuple[Panel, st
                  "<h2>Alignment with the real brain</h2>", _alignment(data),
                  "<h2>Figures</h2>", _figures(images, out),
                  f"<h2>Child runs ({len(children)})</h2>", _children(children),
-                 f'<p class="small">Also in this directory: verdict.csv (the verdict table) and '
+                 f'<p class="small">Also in this directory: verdict.csv (the verdict table), '
+                 f"epochs.csv (every metric per epoch, mean and s.e.m. over seeds per config and "
+                 f"arm) and "
                  f"each figure as PNG and SVG; logged to the parent run under report/ unless "
                  f"--no-log.</p>"]
     body = "\n".join(sections)
