@@ -31,13 +31,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("sweep", help="run a sweep spec (search x arms x seeds) and print the verdict")
     s.add_argument("spec", help="path to a sweep spec YAML (see search_spaces/)")
-    s.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    s.add_argument("--address", help="Ray cluster: auto or HOST:6379 from a cluster node, "
+                   "ray://HOST:10001 from elsewhere (default: start a private local Ray)")
     s.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, sqlite:///mlflow.db)")
     s.add_argument("--name", help="sweep name (default: the spec's); the same name resumes")
     s.add_argument("--max-configs", type=_positive_int, help="run at most this many configs")
     s.add_argument("--seeds", type=_positive_int, help="number of seeds per arm (overrides the spec)")
     s.add_argument("--dry-run", action="store_true", help="validate and print the plan; run nothing")
     s.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray (default: all)")
+    s.add_argument("--resume", action="store_true",
+                   help="continue the sweep of this name (its search, checkpoints and MLflow "
+                        "parent); refused if there is none. The same name resumes anyway")
+    s.add_argument("--dashboard", action="store_true",
+                   help="start the Ray dashboard with the local Ray (default: off)")
+    s.add_argument("--dashboard-host", default="127.0.0.1",
+                   help="interface of that dashboard (default: 127.0.0.1, this machine only)")
     v = sub.add_parser("validate", help="validate a spec and print the plan")
     v.add_argument("spec")
     from raybrain.analysis.report import add_report_subparser
@@ -112,7 +120,7 @@ class _ArgumentError(Exception):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from raybrain.errors import SpecError
+    from raybrain.errors import SpecError, TrackingUnavailable
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -138,13 +146,17 @@ def main(argv: list[str] | None = None) -> int:
         result = run_sweep(spec, source=args.spec, address=args.address,
                            tracking_uri=args.tracking_uri, name=args.name,
                            max_configs=args.max_configs, seeds=args.seeds,
-                           dry_run=args.dry_run, num_cpus=args.num_cpus)
+                           dry_run=args.dry_run, num_cpus=args.num_cpus, resume=args.resume,
+                           dashboard=args.dashboard, dashboard_host=args.dashboard_host)
         if not args.dry_run:
             print(f"sweep finished in {result.wall_s:.0f} s")
         return 0
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except TrackingUnavailable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130

@@ -11,3 +11,12 @@ class SpecError(ValueError):
 
     The message is one line: what is wrong, what was expected, and the value received.
     """
+
+
+class TrackingUnavailable(RuntimeError):
+    """MLflow could not be written before a sweep ended; nothing is lost.
+
+    Every record is in Tune's results under the sweep's storage and in its checkpoints;
+    running the sweep again with ``--resume`` writes what MLflow is missing. The CLI
+    prints the one-line message and exits with code 1.
+    """

@@ -9,37 +9,131 @@ from typing import Callable
 
 from ray.tune import Callback
 
-from raybrain.sweep.trial import RECORDS_KEY
+from raybrain.sweep.trial import OPEN_KEY, RECORDS_KEY
 
 
 class MlflowWriter(Callback):
-    """Writes every run's per-epoch metrics from trial results to MLflow (driver side)."""
+    """Writes every run's per-epoch metrics from trial results to MLflow (driver side).
 
-    def __init__(self, tracker):
-        self.tracker = tracker
-        self.trial_runs: dict[str, set[str]] = {}
+    Nothing here is the only copy: every record is in the trial's Tune results (on disk
+    under the sweep's storage) and in its checkpoint, from which a restored trial sends
+    its whole history again. When MLflow cannot be reached the writes wait in a backlog,
+    are retried every ``retry_s`` seconds without holding up training, and are drained
+    (then re-synced from the on-disk results) at the end of the stage.
+    """
 
-    def __getstate__(self):  # Tune pickles its run config; the tracker is re-attached on resume
-        return {"trial_runs": self.trial_runs, "tracker": None}
+    def __init__(self, tracker, out: Callable[[str], None] = print, retry_s: float = 15.0):
+        self.tracker, self.out, self.retry_s = tracker, out, retry_s
+        self.backlog: list[tuple] = []
+        self.down_since: float | None = None
+        self.last_try = 0.0
+        self.failed_writes = 0
+
+    def __getstate__(self):  # Tune pickles its run config; a fresh writer is attached on resume
+        return {"tracker": None, "out": None, "retry_s": self.retry_s, "backlog": [],
+                "down_since": None, "last_try": 0.0, "failed_writes": 0}
+
+    # -- writes -------------------------------------------------------------------------
+    def _apply(self, op: tuple) -> None:
+        kind = op[0]
+        if kind == "record":
+            self.tracker.log_record(op[1])
+        elif kind == "stopped":
+            self.tracker.mark_stopped(op[1])
+        elif kind == "failed":
+            self.tracker.mark_failed(op[1], op[2])
+
+    def _submit(self, ops: list[tuple]) -> None:
+        if self.backlog:  # keep the order: nothing overtakes what is waiting
+            self.backlog.extend(ops)
+            self.retry()
+            return
+        for i, op in enumerate(ops):
+            try:
+                self._apply(op)
+            except Exception as exc:
+                self._went_down(exc)
+                self.backlog.extend(ops[i:])
+                return
+
+    def _went_down(self, exc: BaseException) -> None:
+        self.failed_writes += 1
+        self.last_try = time.time()
+        if self.down_since is None:
+            self.down_since = time.time()
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            self.out(f"MLflow at {self.tracker.uri} cannot be written ({type(exc).__name__}: "
+                     f"{reason}); training goes on, the writes wait and are retried every "
+                     f"{self.retry_s:.0f} s (every epoch is also in Tune's results on disk)")
+
+    def retry(self, force: bool = False) -> bool:
+        """Try the waiting writes again (at most every ``retry_s`` unless forced)."""
+        if not self.backlog:
+            return True
+        if not force and time.time() - self.last_try < self.retry_s:
+            return False
+        self.last_try = time.time()
+        while self.backlog:
+            try:
+                self._apply(self.backlog[0])
+            except Exception as exc:
+                self._went_down(exc)
+                return False
+            self.backlog.pop(0)
+        waited = time.time() - (self.down_since or time.time())
+        self.out(f"MLflow is back after {waited:.0f} s; every waiting write is done")
+        self.down_since = None
+        return True
+
+    def drain(self, timeout_s: float) -> bool:
+        """Retry the backlog until it is empty or ``timeout_s`` passed; True if empty."""
+        deadline = time.time() + timeout_s
+        while not self.retry(force=True):
+            if time.time() >= deadline:
+                return False
+            time.sleep(min(self.retry_s, max(0.0, deadline - time.time())))
+        return True
+
+    # -- Tune hooks ---------------------------------------------------------------------
+    def on_step_end(self, iteration, trials, **info):
+        if self.backlog:
+            self.retry()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        for rec in json.loads(result.get(RECORDS_KEY, "[]")):
-            self.tracker.log_record(rec)
-            self.trial_runs.setdefault(trial.trial_id, set()).add(rec["key"])
-            if rec["done"]:
-                self.trial_runs[trial.trial_id].discard(rec["key"])
+        self._submit([("record", rec) for rec in json.loads(result.get(RECORDS_KEY, "[]"))])
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         # a config stopped early by the scheduler (ASHA) leaves its runs unfinished
-        left = sorted(self.trial_runs.pop(trial.trial_id, ()))
+        left = open_runs(trial.last_result)
         if left:
-            self.tracker.mark_stopped(left)
+            self._submit([("stopped", left)])
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        # runs left unfinished by a trial that gave up for good are marked failed;
-        # a retried or resumed trial re-opens them by key
+        # runs left unfinished by a trial that gave up for good are marked failed, with
+        # the error; a retried or resumed trial re-opens them by key
         if trial.status == "ERROR":
-            self.tracker.mark_failed(sorted(self.trial_runs.get(trial.trial_id, ())))
+            left = open_runs(trial.last_result)
+            if left:
+                self._submit([("failed", left, trial_error(trial))])
+
+
+def open_runs(result: dict | None) -> list[str]:
+    """Keys of the runs a trial had not finished at its last result."""
+    return list(json.loads((result or {}).get(OPEN_KEY, "[]")))
+
+
+def trial_error(trial) -> str:
+    """The last line of a failed trial's error (Tune keeps the traceback in a file)."""
+    text = ""
+    path = getattr(trial, "error_file", None)
+    try:
+        if path:
+            with open(path) as f:
+                text = f.read()
+    except OSError:
+        pass
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:500] if lines else "the config's trial failed"
 
 
 class ProgressPrinter(Callback):

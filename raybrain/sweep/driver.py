@@ -45,8 +45,18 @@ def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
               tracking_uri: str | None = None, name: str | None = None,
               max_configs: int | None = None, seeds: int | None = None,
               dry_run: bool = False, out: Callable[[str], None] | None = None,
-              num_cpus: int | None = None) -> SweepResult | SweepPlan:
-    """Validate and run ``spec``; returns the search plan on ``dry_run``, else the result."""
+              num_cpus: int | None = None, resume: bool = False, dashboard: bool = False,
+              dashboard_host: str = "127.0.0.1",
+              tracking_wait_s: float = 300.0) -> SweepResult | SweepPlan:
+    """Validate and run ``spec``; returns the search plan on ``dry_run``, else the result.
+
+    ``address``: None starts a private local Ray; ``auto`` or ``HOST:6379`` joins a cluster
+    from one of its nodes; ``ray://HOST:10001`` runs the sweep's driver on the cluster
+    (see :mod:`raybrain.sweep.remote`). ``resume``: the sweep must exist already
+    (a sweep with the same name always resumes; the flag makes that explicit and refuses
+    a typo'd name). ``tracking_wait_s``: how long the end of a stage waits for an
+    unreachable MLflow before giving up with :class:`TrackingUnavailable`.
+    """
     t0 = time.time()
     out = out or (lambda line: print(line, flush=True))
     spec = _apply_overrides(spec, source, name=name, seeds=seeds, tracking_uri=tracking_uri)
@@ -60,22 +70,40 @@ def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
             out(f"then: the best {spec.confirm_configs} config(s) re-run for every arm on "
                 f"fresh seeds {spec.confirm_seeds}; the verdict uses those runs")
         return plan
+    from raybrain.sweep.cluster import MLFLOW_HTTP_DEFAULTS, check_tracking_uri
+
+    check_tracking_uri(spec.tracking.uri)
     if address and address.startswith("ray://"):
-        raise SpecError(f"--address {address!r} is a Ray Client address; the sweep's driver "
-                        f"writes MLflow and must run on the cluster: submit it as a Ray Job "
-                        f"(ray job submit --address http://HEAD:8265 --working-dir . -- "
-                        f"raybrain sweep SPEC --address auto) or pass the GCS address HEAD:6379")
+        from raybrain.sweep.remote import run_remote
+
+        return run_remote(spec, address, out=out, max_configs=max_configs, resume=resume,
+                          tracking_wait_s=tracking_wait_s)
 
     import ray
 
     from raybrain.sweep.tracking import Tracker
 
-    storage = Path(spec.storage.path).expanduser()
-    storage = storage if "://" in spec.storage.path else storage.resolve()
+    for key, value in MLFLOW_HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    storage_uri = storage_root(spec)
+    storage = Path(storage_uri) if "://" not in storage_uri else storage_uri
     spec_hash = spec.spec_hash()
-    _check_stored_spec(storage / spec.name, spec_hash, spec.name)
+    _check_stored_spec(storage, spec.name, spec_hash)
     tracker = Tracker(spec.tracking.uri, spec.tracking.experiment)
+    if resume and tracker.find_parent(spec.name) is None and not _stage_exists(storage, spec.name):
+        raise SpecError(f"--resume: there is no sweep {spec.name!r} to resume (no parent run in "
+                        f"{spec.tracking.uri}, experiment {spec.tracking.experiment!r}, and no "
+                        f"Tune experiment under {storage_uri}); check --name and the spec's "
+                        f"storage.path, or run without --resume to start it")
     parent_id = tracker.open_parent(spec.name, spec_hash, tracked_spec(spec, task))
+    # the driver may have died while MLflow was down: write what Tune's results hold first
+    from raybrain.sweep.resync import resync
+
+    for stage_name in (spec.name, f"{spec.name}-confirm"):
+        if _stage_exists(storage, stage_name):
+            n = resync(tracker, _join(storage, stage_name))
+            if n:
+                out(f"re-synced {n} record(s) of stage {stage_name!r} from Tune's results into MLflow")
     finished = sorted(tracker.finished_run_keys())
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -83,11 +111,9 @@ def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     started_ray = False
     if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"address": address, "log_to_driver": False,
-                                  "logging_level": logging.WARNING}
-        if address is None:
-            kwargs.update(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False)
-        ray.init(**kwargs)
+        from raybrain.sweep.cluster import ray_init_kwargs
+
+        ray.init(**ray_init_kwargs(address, num_cpus, dashboard, dashboard_host))
         started_ray = True
     for logger in ("ray", "ray.tune", "ray.train"):
         logging.getLogger(logger).setLevel(logging.WARNING)
@@ -95,14 +121,17 @@ def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
     # would drown the progress lines
     logging.getLogger("ray.tune.utils.util").setLevel(logging.ERROR)
     try:
-        runner = _StageRunner(spec, task, tracker, storage, spec_hash, finished, out)
+        runner = _StageRunner(spec, task, tracker, storage, spec_hash, finished, out,
+                              local=started_ray and address is None, wait_s=tracking_wait_s)
         out(plan.describe().splitlines()[0])
         out(f"execution: {runner.execution}")
         tracker.client.set_tag(parent_id, "raybrain.execution", runner.execution)
+        tracker.client.set_tag(parent_id, "raybrain.driver_node_id",
+                               ray.get_runtime_context().get_node_id())
         status = runner.run(plan, spec.name)
         chosen = None
         if spec.confirm_configs and status.complete:
-            chosen = _chosen(storage / spec.name, status, spec)
+            chosen = _chosen(_join(storage, spec.name), status, spec)
             if not chosen:
                 raise SpecError(f"sweep {spec.name!r}: no config completed its search, so "
                                 f"there is nothing to confirm")
@@ -159,18 +188,17 @@ class _StageStatus:
 class _StageRunner:
     """Runs one stage as a Tune experiment (new, or restored under the same name)."""
 
-    def __init__(self, spec: Spec, task, tracker, storage: Path, spec_hash: str,
-                 finished: list[str], out: Callable[[str], None]):
-        import ray
+    def __init__(self, spec: Spec, task, tracker, storage, spec_hash: str,
+                 finished: list[str], out: Callable[[str], None], local: bool = True,
+                 wait_s: float = 300.0):
+        from raybrain.sweep.cluster import capacity, resolve_use_gpu
 
         self.spec, self.task, self.tracker, self.storage = spec, task, tracker, storage
-        self.spec_hash, self.finished, self.out = spec_hash, finished, out
+        self.spec_hash, self.finished, self.out, self.wait_s = spec_hash, finished, out, wait_s
         self._ledgers: dict[str, Any] = {}
         res = spec.resources
-        use_gpu = res.use_gpu
-        if use_gpu == "auto":
-            use_gpu = ray.cluster_resources().get("GPU", 0) > 0
-        self.use_gpu = bool(use_gpu)
+        self.capacity = capacity()
+        self.use_gpu = resolve_use_gpu(res.use_gpu, self.capacity, local)
         self.use_train = res.num_workers > 1 or self.use_gpu
         self.execution = (f"ray-train TorchTrainer per run (num_workers={res.num_workers}, "
                           f"use_gpu={self.use_gpu})" if self.use_train else "in-process per trial")
@@ -192,16 +220,26 @@ class _StageRunner:
             name=ledger_name, get_if_exists=True).remote(self.finished, assigned)
         return ledger_name
 
+    def _concurrency(self, plan: SweepPlan) -> int:
+        from raybrain.sweep.cluster import concurrency, trial_demand
+
+        spec, res = self.spec, self.spec.resources
+        explicit = res.max_concurrent_trials or spec.search.max_concurrent
+        if explicit:
+            return explicit
+        need = trial_demand(res, self.use_train, self.use_gpu)
+        return concurrency(need, self.capacity, plan.num_configs)
+
     def run(self, plan: SweepPlan, name: str) -> _StageStatus:
-        import ray
         from ray import tune
         from ray.tune import Tuner
+        from ray.tune.logger import JsonLoggerCallback
 
         from raybrain.sweep.callbacks import MlflowWriter, ProgressPrinter
         from raybrain.sweep.trial import config_params, config_trial
 
         spec, res = self.spec, self.spec.resources
-        exp_dir = self.storage / name
+        exp_dir = _join(self.storage, name)
         ctx = {"sweep": spec.name, "task": spec.task, "data": spec.data,
                "data_seed": spec.data_seed, "fixed": spec.fixed(), "arms": spec.arms.include,
                "arms_spec": spec.arms, "seeds": plan.seeds, "stage": plan.stage,
@@ -210,21 +248,22 @@ class _StageRunner:
                "checkpoint_every": spec.storage.checkpoint_every,
                "ledger": self._ledger(plan, name), "use_train": self.use_train,
                "num_workers": res.num_workers, "use_gpu": self.use_gpu,
-               "cpus_per_run": res.cpus_per_run, "storage": str(self.storage)}
-        cpus = ray.cluster_resources().get("CPU", 1)
-        per_trial = res.num_workers * res.cpus_per_run if self.use_train else res.cpus_per_run
+               "cpus_per_run": res.cpus_per_run, "gpus_per_worker": res.gpus_per_worker,
+               "run_max_failures": spec.storage.run_max_failures, "storage": str(self.storage)}
         trial_resources = {"cpu": 0.01} if self.use_train else {"cpu": res.cpus_per_run}
-        concurrent = (res.max_concurrent_trials or spec.search.max_concurrent
-                      or max(1, int(cpus // per_trial)))
+        trial_resources.update(res.driver_resources)
+        concurrent = self._concurrency(plan)
         trainable = tune.with_resources(tune.with_parameters(config_trial, ctx=ctx),
                                         trial_resources)
-        writer = MlflowWriter(self.tracker)
+        writer = MlflowWriter(self.tracker, out=self.out)
         printer = ProgressPrinter(plan, out=self.out, mode=spec.search.mode)
-        if Tuner.can_restore(str(exp_dir)):
+        # Tune's JSON results first: the on-disk copy MLflow is re-synced from
+        callbacks = [JsonLoggerCallback(), writer, printer]
+        if Tuner.can_restore(exp_dir):
             self.out(f"resuming {plan.stage} stage of sweep {spec.name!r} from {exp_dir}")
-            tuner = Tuner.restore(str(exp_dir), trainable, resume_errored=True)
+            tuner = Tuner.restore(exp_dir, trainable, resume_errored=True)
             # Tune pickles its run config without our callbacks' state: attach fresh ones
-            tuner._local_tuner._run_config.callbacks = [writer, printer]
+            tuner._local_tuner._run_config.callbacks = callbacks
         else:
             param_space, search_alg, num_samples = search_setup(spec, plan)
             scheduler = None
@@ -243,16 +282,16 @@ class _StageRunner:
                     max_concurrent_trials=concurrent, reuse_actors=False,
                     trial_dirname_creator=_trial_dirname),  # no param values in paths
                 run_config=tune.RunConfig(
-                    name=name, storage_path=str(self.storage), callbacks=[writer, printer],
+                    name=name, storage_path=str(self.storage), callbacks=callbacks,
                     verbose=0,
                     failure_config=tune.FailureConfig(max_failures=spec.storage.max_failures),
                     # 2, not 1: a driver killed after deleting the older checkpoint but before
                     # saving its experiment state would otherwise resume from a deleted one
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
-            exp_dir.mkdir(parents=True, exist_ok=True)
-            (exp_dir / SPEC_FILE).write_text(json.dumps(
+            _write_text(_join(exp_dir, SPEC_FILE), json.dumps(
                 {"spec_hash": self.spec_hash, "stage": plan.stage}, indent=1))
         grid = tuner.fit()
+        self._settle(writer, exp_dir, grid, printer.trials)
         results = []
         for r in grid:
             m = r.metrics or {}
@@ -261,15 +300,83 @@ class _StageRunner:
         unfinished = sum(1 for t in printer.trials if t.status not in ("TERMINATED", "ERROR"))
         return _StageStatus(results, [r.error for r in grid if r.error is not None], unfinished)
 
+    def _settle(self, writer, exp_dir: str, grid, trials) -> None:
+        """Make MLflow match Tune's on-disk results before anything reads MLflow."""
+        from raybrain.errors import TrackingUnavailable
+        from raybrain.sweep.callbacks import open_runs
+        from raybrain.sweep.resync import resync
 
-def _chosen(exp_dir: Path, status: _StageStatus, spec: Spec) -> list[dict[str, Any]]:
+        if not writer.drain(self.wait_s):
+            raise TrackingUnavailable(
+                f"MLflow at {self.tracker.uri} was still unreachable {self.wait_s:.0f} s after "
+                f"the stage ended, with {len(writer.backlog)} write(s) waiting; nothing is "
+                f"lost (every epoch is in {exp_dir} and in the checkpoints): when MLflow is "
+                f"back run the same command with --resume")
+        n = resync(self.tracker, exp_dir)
+        if n:
+            self.out(f"re-synced {n} record(s) from Tune's results into MLflow")
+        status = {t.trial_id: t.status for t in trials}
+        for r in grid:  # runs a failed or early-stopped config left open
+            left = open_runs(r.metrics)
+            state = status.get((r.metrics or {}).get("trial_id"))
+            if left and state == "ERROR":
+                lines = [ln for ln in str(r.error).splitlines() if ln.strip()]
+                self.tracker.mark_failed(left, lines[-1][:500] if lines else "config failed")
+            elif left and state == "TERMINATED":
+                self.tracker.mark_stopped(left)
+
+
+def _chosen(exp_dir: str, status: _StageStatus, spec: Spec) -> list[dict[str, Any]]:
     """The configs to confirm: chosen once, then read back on every resume."""
-    f = exp_dir / CHOSEN_FILE
-    if f.exists():
-        return json.loads(f.read_text())
+    f = _join(exp_dir, CHOSEN_FILE)
+    text = _read_text(f)
+    if text is not None:
+        return json.loads(text)
     chosen = choose_configs(status.results, spec.confirm_configs, spec.search.mode)
-    f.write_text(json.dumps(chosen))
+    _write_text(f, json.dumps(chosen))
     return chosen
+
+
+def storage_root(spec: Spec) -> str:
+    """The spec's storage path, absolute (local) or as given (``s3://``, ``gs://``...)."""
+    if "://" in spec.storage.path:
+        return spec.storage.path.rstrip("/")
+    return str(Path(spec.storage.path).expanduser().resolve())
+
+
+def _join(root, name: str) -> str:
+    return f"{str(root).rstrip('/')}/{name}"
+
+
+def _filesystem(path: str):
+    import pyarrow.fs
+
+    if "://" in path:
+        return pyarrow.fs.FileSystem.from_uri(path)
+    return pyarrow.fs.LocalFileSystem(), path
+
+
+def _read_text(path: str) -> str | None:
+    import pyarrow.fs
+
+    fs, p = _filesystem(path)
+    if fs.get_file_info(p).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(p) as f:
+        return f.read().decode()
+
+
+def _write_text(path: str, text: str) -> None:
+    fs, p = _filesystem(path)
+    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(p) as f:
+        f.write(text.encode())
+
+
+def _stage_exists(storage, name: str) -> bool:
+    from ray.tune import Tuner
+
+    return Tuner.can_restore(_join(storage, name))
 
 
 def _apply_overrides(spec: Spec, source: str, *, name, seeds, tracking_uri) -> Spec:
@@ -317,10 +424,13 @@ def tracked_spec(spec: Spec, task) -> dict[str, Any]:
     return d
 
 
-def _check_stored_spec(exp_dir: Path, spec_hash: str, name: str) -> None:
-    f = exp_dir / SPEC_FILE
-    if f.exists():
-        stored = json.loads(f.read_text()).get("spec_hash")
+def _check_stored_spec(storage, name: str, spec_hash: str) -> None:
+    for stage_name in (name, f"{name}-confirm"):
+        exp_dir = _join(storage, stage_name)
+        text = _read_text(_join(exp_dir, SPEC_FILE))
+        if text is None:
+            continue
+        stored = json.loads(text).get("spec_hash")
         if stored != spec_hash:
             raise SpecError(f"sweep {name!r} in {exp_dir} was started with spec hash {stored}, "
                             f"but this spec hashes to {spec_hash}; resuming with a changed spec "

@@ -37,10 +37,12 @@ class RunProgress:
         self.spec, self.run, self.primary, self.divergence = spec, run, primary, divergence
         self.history: dict[str, list[float]] = {}
         self.diverged = False
+        #: why the run failed (``"ExcType: message"``), or None
+        self.failed: str | None = None
 
     @property
     def done(self) -> bool:
-        return self.diverged or self.run.epoch >= self.run.epochs
+        return self.failed is not None or self.diverged or self.run.epoch >= self.run.epochs
 
     def step(self, shard: tuple[int, int] = (0, 1)) -> dict[str, float]:
         """Train and evaluate one epoch; returns that epoch's metrics (with ``epoch``)."""
@@ -82,13 +84,54 @@ class RunProgress:
                 out[f"best_{k}"] = max(finite)
         return out
 
+    def record(self, metrics: dict[str, float]) -> dict[str, Any]:
+        """One epoch of this run as the record a trial reports (and the tracker logs)."""
+        rec = {"key": self.spec.key, "run": self.spec.to_dict(), "epoch": int(metrics["epoch"]),
+               "metrics": metrics, "done": self.done}
+        if self.done:
+            rec["summary"] = self.summary()
+        if self.failed is not None:
+            rec["failed"] = self.failed
+        return rec
+
+    def fail(self, exc: BaseException) -> dict[str, Any]:
+        """Mark the run failed (the other runs of its config go on); returns its record."""
+        lines = [ln for ln in f"{type(exc).__name__}: {exc}".splitlines() if ln.strip()]
+        self.failed = lines[-1][:500] if lines else type(exc).__name__
+        return self.record({"epoch": self.run.epoch})
+
+    def replay(self) -> list[dict[str, Any]]:
+        """Records of every epoch trained so far, oldest first (sent after a restore).
+
+        The checkpoint holds the whole metric history, so a driver that died before
+        writing some epochs (or while MLflow was down) loses none of them: the tracker
+        skips the epochs it already has.
+        """
+        n = self.run.epoch
+        out = []
+        for e in range(1, n + 1):
+            metrics = {k: v[e - 1] for k, v in self.history.items() if len(v) >= e}
+            metrics["epoch"] = e
+            rec = {"key": self.spec.key, "run": self.spec.to_dict(), "epoch": e,
+                   "metrics": metrics, "done": False}
+            out.append(rec)
+        if out and self.done:
+            out[-1] = {**out[-1], "done": True, "summary": self.summary()}
+            if self.failed is not None:
+                out[-1]["failed"] = self.failed
+        elif not out and self.failed is not None:
+            out.append(self.record({"epoch": 0}))
+        return out
+
     def state(self) -> dict[str, Any]:
-        return {"run": self.run.state_dict(), "history": self.history, "diverged": self.diverged}
+        return {"run": self.run.state_dict(), "history": self.history, "diverged": self.diverged,
+                "failed": self.failed}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.run.load_state_dict(state["run"])
         self.history = state["history"]
         self.diverged = state["diverged"]
+        self.failed = state.get("failed")
 
 
 class ConfigExecutor:
@@ -123,19 +166,25 @@ class ConfigExecutor:
         """Advance every unfinished run by one epoch.
 
         Returns one record per run stepped: ``{"key", "run", "epoch", "metrics", "done",
-        "summary"}`` (``summary`` only once the run is done).
+        "summary"}`` (``summary`` only once the run is done). A run whose training raises
+        is marked failed (its record carries ``"failed": "ExcType: message"``) and the
+        other runs go on.
         """
         records = []
         for p in self.progress:
             if p.done:
                 continue
-            metrics = p.step()
-            rec = {"key": p.spec.key, "run": p.spec.to_dict(), "epoch": int(metrics["epoch"]),
-                   "metrics": metrics, "done": p.done}
-            if p.done:
-                rec["summary"] = p.summary()
-            records.append(rec)
+            try:
+                metrics = p.step()
+            except Exception as exc:  # one run's error must not end its config's other runs
+                records.append(p.fail(exc))
+                continue
+            records.append(p.record(metrics))
         return records
+
+    def replay(self) -> list[dict[str, Any]]:
+        """Every run's records so far (see :meth:`RunProgress.replay`)."""
+        return [rec for p in self.progress for rec in p.replay()]
 
     def state(self) -> dict[str, Any]:
         return {p.spec.key: p.state() for p in self.progress}

@@ -80,9 +80,17 @@ class ConfirmSpec(_Strict):
 class ResourcesSpec(_Strict):
     #: Ray Train workers per run; more than 1 (or a GPU) runs each run as a TorchTrainer
     num_workers: int = Field(1, ge=1)
+    #: true, false, or "auto" (true when the cluster has or can scale to GPUs)
     use_gpu: bool | Literal["auto"] = False
+    #: CPUs of a run trained in-process, or of each Train worker of a TorchTrainer run
     cpus_per_run: float = Field(1.0, gt=0)
-    #: how many configs train at once (default: as many as the cluster's CPUs allow)
+    #: GPUs of each Train worker when use_gpu is on
+    gpus_per_worker: float = Field(1.0, gt=0)
+    #: extra (custom) resources every Tune trial asks for, e.g. {raybrain_driver: 0.01}
+    #: to keep trial drivers on the non-preemptible nodes that declare that resource
+    driver_resources: dict[str, float] = {}
+    #: how many configs train at once (default: as many as the cluster can hold, counting
+    #: the nodes its autoscaler may still add)
     max_concurrent_trials: int | None = Field(None, ge=1)
 
 
@@ -92,9 +100,15 @@ class TrackingSpec(_Strict):
 
 
 class StorageSpec(_Strict):
+    #: Tune experiments and Train checkpoints; on a multi-node cluster a path every node
+    #: sees (NFS) or an object store URI (s3://, gs://)
     path: str = "./raybrain_results"
     checkpoint_every: int = Field(1, ge=1)
-    max_failures: int = Field(1, ge=0)
+    #: retries of a Tune trial (a config) whose process or node died (ray.tune.FailureConfig)
+    max_failures: int = Field(2, ge=0)
+    #: restarts of a TorchTrainer run's worker group from its last checkpoint
+    #: (ray.train.FailureConfig)
+    run_max_failures: int = Field(2, ge=0)
 
 
 class Spec(_Strict):

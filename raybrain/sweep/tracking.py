@@ -71,6 +71,7 @@ class Tracker:
         self.parent_id: str | None = None
         self._runs: dict[str, str] = {}
         self._last_epoch: dict[str, int] = {}
+        self._closed: set[str] = set()  # keys of runs no longer RUNNING
 
     # -- parent -------------------------------------------------------------------------
     def find_parent(self, sweep: str):
@@ -140,6 +141,8 @@ class Tracker:
             run = found[0]
             self._runs[key] = run.info.run_id
             self._last_epoch[key] = int(run.data.tags.get("raybrain.last_epoch", 0))
+            if run.info.status != "RUNNING":
+                self._closed.add(key)
             return run.info.run_id
         personal = _personal_params(spec.task)
         shown = {k: (pseudonym(str(v), k) if k in personal else v) for k, v in spec.label.items()}
@@ -163,35 +166,79 @@ class Tracker:
         self._last_epoch[key] = 0
         return run.info.run_id
 
+    def prefill(self) -> None:
+        """Load every child run's id, last logged epoch and status in one search.
+
+        Called before a re-sync from Tune's on-disk results, so the records already in
+        MLflow are skipped without a request each.
+        """
+        for run in self.child_runs():
+            key = run.data.tags.get(KEY_TAG)
+            if key:
+                self._runs[key] = run.info.run_id
+                self._last_epoch[key] = int(run.data.tags.get("raybrain.last_epoch", 0))
+                if run.info.status != "RUNNING":
+                    self._closed.add(key)
+
     def log_record(self, record: dict[str, Any]) -> None:
-        """Log one epoch of one run (a record from :class:`ConfigExecutor.step`)."""
+        """Log one epoch of one run (a record from :class:`ConfigExecutor.step`).
+
+        Idempotent: epochs at or below the run's ``raybrain.last_epoch`` are skipped, and a
+        run already closed is left alone. The cached last epoch moves only after MLflow
+        accepted the write, so a failed write is retried in full.
+        """
         from mlflow.entities import Metric, RunTag
 
+        key = record["key"]
+        epoch = int(record["epoch"])
+        if key in self._closed and epoch <= self._last_epoch.get(key, 0):
+            return
         spec = RunSpec.from_dict(record["run"])
         run_id = self._child(spec)
-        epoch = int(record["epoch"])
+        last = self._last_epoch.get(key, 0)
+        if key in self._closed and epoch > last:
+            # a config that failed (or was interrupted) is training this run again
+            self.client.update_run(run_id, status="RUNNING")
+            self._closed.discard(key)
+        done = bool(record.get("done"))
+        resumed = record.get("resumed_from")
+        if epoch <= last and not done and resumed is None:
+            return
         ts = int(time.time() * 1000)
         metrics = []
-        if epoch > self._last_epoch.get(spec.key, 0):
+        if epoch > last:
             metrics = [Metric(k, float(v), ts, epoch) for k, v in record["metrics"].items()
                        if k != "epoch"]
-            self._last_epoch[spec.key] = epoch
-        tags = [RunTag("raybrain.last_epoch", str(self._last_epoch[spec.key]))]
-        if record.get("done"):
-            metrics += [Metric(k, float(v), ts, 0) for k, v in record.get("summary", {}).items()]
-            tags.append(RunTag("raybrain.diverged", str(bool(record["summary"].get("diverged")))))
+        tags = [RunTag("raybrain.last_epoch", str(max(epoch, last)))]
+        if record.get("node_id"):
+            tags.append(RunTag("raybrain.node_id", str(record["node_id"])))
+        if resumed is not None:
+            tags.append(RunTag("raybrain.resumed_from_epoch", str(resumed)))
+        if done:
+            summary = record.get("summary", {})
+            metrics += [Metric(k, float(v), ts, 0) for k, v in summary.items()]
+            tags.append(RunTag("raybrain.diverged", str(bool(summary.get("diverged")))))
+            if record.get("failed"):
+                tags.append(RunTag("raybrain.failure_reason", str(record["failed"])[:5000]))
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
-        if record.get("done"):
-            self.client.set_terminated(run_id, status="FINISHED")
+        self._last_epoch[key] = max(epoch, last)
+        if done:
+            self.client.set_terminated(run_id, status="FAILED" if record.get("failed")
+                                       else "FINISHED")
+            self._closed.add(key)
 
     def mark_stopped(self, keys: list[str]) -> None:
         """Runs of a config the scheduler stopped early: status KILLED, tagged why."""
         for key in keys:
-            if key in self._runs:
+            if key in self._runs and key not in self._closed:
                 self.client.set_tag(self._runs[key], "raybrain.stopped_early", "scheduler")
                 self.client.set_terminated(self._runs[key], status="KILLED")
+                self._closed.add(key)
 
-    def mark_failed(self, keys: list[str]) -> None:
+    def mark_failed(self, keys: list[str], reason: str) -> None:
+        """Runs left unfinished by a config that failed for good: FAILED, with the reason."""
         for key in keys:
-            if key in self._runs:
+            if key in self._runs and key not in self._closed:
+                self.client.set_tag(self._runs[key], "raybrain.failure_reason", reason[:5000])
                 self.client.set_terminated(self._runs[key], status="FAILED")
+                self._closed.add(key)

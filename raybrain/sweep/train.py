@@ -44,24 +44,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if world > 1:
         run.wrap_model(ray.train.torch.prepare_model)
     progress = RunProgress(spec, run, config["primary_metric"], divergence_rule(task))
+    node_id = ray.get_runtime_context().get_node_id()
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             progress.restore(torch.load(os.path.join(d, "state.pt"), weights_only=False))
-        if progress.history:
-            # send the checkpointed epoch again: the trial may have died before relaying it
-            # (the tracker skips epochs it already logged)
-            last = {k: v[-1] for k, v in progress.history.items()}
-            last["epoch"] = run.epoch
-            payload = {"metrics": last, "done": progress.done}
-            if progress.done:
-                payload["summary"] = progress.summary()
-            ray.train.report(payload)
+        replay = progress.replay()
+        if replay:
+            # every epoch so far is sent again: the trial or the sweep's driver may have
+            # died before relaying some of them (the tracker skips epochs it already has)
+            from raybrain.sweep.trial import mark_resumed
+
+            mark_resumed(replay)
+            ray.train.report({"records": replay, "node_id": node_id})
     while not progress.done:
         metrics = progress.step(shard=(rank, world))
-        payload = {"metrics": metrics, "done": progress.done}
-        if progress.done:
-            payload["summary"] = progress.summary()
+        payload = {"records": [progress.record(metrics)], "node_id": node_id}
         if rank == 0:
             with tempfile.TemporaryDirectory() as d:
                 torch.save(progress.state(), os.path.join(d, "state.pt"))
@@ -91,10 +89,10 @@ def run_with_train(ctx: dict[str, Any], runs: list[RunSpec],
 
     from ray.train.torch import TorchTrainer
 
-    from raybrain.sweep.trial import RECORDS_KEY
+    from raybrain.sweep.trial import OPEN_KEY, RECORDS_KEY
 
     queue = Queue(actor_options={"num_cpus": 0})
-    errors: list[BaseException] = []
+    failures: dict[str, str] = {}
 
     def fit(spec: RunSpec) -> None:
         try:
@@ -105,14 +103,17 @@ def run_with_train(ctx: dict[str, Any], runs: list[RunSpec],
                                    "cpus_per_run": ctx["cpus_per_run"]},
                 scaling_config=ray.train.ScalingConfig(
                     num_workers=ctx["num_workers"], use_gpu=ctx["use_gpu"],
-                    resources_per_worker={"CPU": ctx["cpus_per_run"]}),
+                    resources_per_worker=worker_resources(ctx)),
                 run_config=ray.train.RunConfig(
                     name=_trainer_name(spec.key), storage_path=ctx["storage"],
+                    failure_config=ray.train.FailureConfig(
+                        max_failures=ctx.get("run_max_failures", 0)),
                     callbacks=[QueueRelay(queue, spec.key)]),
             )
             trainer.fit()
-        except BaseException as exc:  # surfaced in the trial below
-            errors.append(exc)
+        except Exception as exc:  # recorded as this run's failure; the other runs go on
+            lines = [ln for ln in f"{type(exc).__name__}: {exc}".splitlines() if ln.strip()]
+            failures[spec.key] = lines[-1][:500] if lines else type(exc).__name__
         finally:
             queue.put((spec.key, None))
 
@@ -122,14 +123,16 @@ def run_with_train(ctx: dict[str, Any], runs: list[RunSpec],
     by_key = {r.key: r for r in runs}
     pending: dict[int, list[dict[str, Any]]] = {}
     latest: dict[str, dict[str, float]] = {}
+    epochs: dict[str, int] = {}
     finished: set[str] = set()   # thread ended
-    done: set[str] = set()       # run reported its last epoch
+    done: set[str] = set()       # run reported its last epoch (or failed)
 
     def flush(upto: float) -> None:
         for epoch in sorted(e for e in pending if e <= upto):
             report({"objective": aggregate_objective(latest, runs, ctx["metric"], ctx["objective"]),
                     "epoch": epoch, "runs_total": len(runs), "runs_done": len(done),
-                    RECORDS_KEY: json.dumps(pending.pop(epoch))})
+                    RECORDS_KEY: json.dumps(pending.pop(epoch)),
+                    OPEN_KEY: json.dumps(sorted(k for k in by_key if k not in done))})
 
     while len(finished) < len(runs):
         try:
@@ -138,20 +141,33 @@ def run_with_train(ctx: dict[str, Any], runs: list[RunSpec],
             continue
         if payload is None:
             finished.add(key)
-        else:
-            epoch = int(payload["metrics"]["epoch"])
-            latest[key] = payload["metrics"]
-            rec = {"key": key, "run": by_key[key].to_dict(), "epoch": epoch,
-                   "metrics": payload["metrics"], "done": payload["done"]}
-            if payload["done"]:
-                rec["summary"] = payload["summary"]
+            if key in failures and key not in done:
                 done.add(key)
-            pending.setdefault(epoch, []).append(rec)
+                rec = {"key": key, "run": by_key[key].to_dict(), "epoch": epochs.get(key, 0),
+                       "metrics": {"epoch": epochs.get(key, 0)}, "done": True,
+                       "summary": {"epochs_done": float(epochs.get(key, 0))},
+                       "failed": failures[key]}
+                pending.setdefault(epochs.get(key, 0), []).append(rec)
+        else:
+            for rec in payload["records"]:
+                rec["node_id"] = payload["node_id"]
+                epoch = int(rec["epoch"])
+                epochs[key] = max(epochs.get(key, 0), epoch)
+                latest[key] = rec["metrics"]
+                if rec["done"]:
+                    done.add(key)
+                pending.setdefault(epoch, []).append(rec)
         # an epoch is complete once every run still training has reported it
         training = [k for k in by_key if k not in done and k not in finished]
-        flush(min((latest.get(k, {}).get("epoch", 0) for k in training), default=float("inf")))
+        flush(min((epochs.get(k, 0) for k in training), default=float("inf")))
     flush(float("inf"))
     for t in threads:
         t.join()
-    if errors:
-        raise RuntimeError(f"{len(errors)} of {len(runs)} Ray Train run(s) failed: {errors[0]}") from errors[0]
+
+
+def worker_resources(ctx: dict[str, Any]) -> dict[str, float]:
+    """Resources of one Train worker: the spec's CPUs, and GPUs when use_gpu is on."""
+    res = {"CPU": float(ctx["cpus_per_run"])}
+    if ctx["use_gpu"]:
+        res["GPU"] = float(ctx.get("gpus_per_worker", 1.0))
+    return res

@@ -24,6 +24,8 @@ from raybrain.sweep.arms import RunSpec, plan_config_runs
 from raybrain.sweep.execute import ConfigExecutor, aggregate_objective
 
 RECORDS_KEY = "raybrain_records"
+#: result key: the trial's runs not finished yet (JSON list of run keys)
+OPEN_KEY = "raybrain_open_runs"
 
 
 @ray.remote(num_cpus=0)
@@ -90,19 +92,23 @@ def config_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     task = tasks.get(ctx["task"])
     data = task.load_data(task.parse_data(ctx["data"]), ctx["data_seed"])
     executor = ConfigExecutor(task, data, runs, ctx["primary_metric"])
+    node_id = ray.get_runtime_context().get_node_id()
+    latest: dict[str, dict[str, float]] = {}
+    done: set[str] = set()
+    replay: list[dict[str, Any]] = []
     if state is not None:
         executor.restore(state["executor"])
-    latest: dict[str, dict[str, float]] = dict(state["latest"]) if state else {}
-    done: set[str] = set(state["done"]) if state else set()
+        # every epoch of every run is sent again after a restore: the driver may have died
+        # before it logged some of them, or MLflow may have been down (the tracker skips
+        # the epochs it already has, so nothing is logged twice)
+        replay = executor.replay()
+        mark_resumed(replay)
     every = ctx["checkpoint_every"]
-    # records of the checkpointed epoch are sent again after a restore: the driver may have
-    # died after the checkpoint was saved but before it logged them (the tracker skips
-    # epochs it already has, so nothing is logged twice)
-    replay = list(state.get("last_records", [])) if state else []
-    while not executor.done:
-        records = replay + executor.step()
+    while not executor.done or replay:
+        records = replay + (executor.step() if not executor.done else [])
         replay = []
         for rec in records:
+            rec["node_id"] = node_id
             latest[rec["key"]] = rec["metrics"]
             if rec["done"]:
                 done.add(rec["key"])
@@ -111,15 +117,24 @@ def config_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
             with tempfile.TemporaryDirectory() as d:
                 with open(os.path.join(d, "state.pkl"), "wb") as f:
                     pickle.dump({"runs": [r.to_dict() for r in runs],
-                                 "executor": executor.state(), "latest": latest,
-                                 "done": sorted(done), "last_records": records}, f)
+                                 "executor": executor.state()}, f)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
         else:
             tune.report(metrics)
+
+
+def mark_resumed(replay: list[dict[str, Any]]) -> None:
+    """Tag the last replayed record of each run with the epoch it resumed from."""
+    last: dict[str, dict[str, Any]] = {}
+    for rec in replay:
+        last[rec["key"]] = rec
+    for rec in last.values():
+        rec["resumed_from"] = int(rec["epoch"])
 
 
 def trial_metrics(ctx, runs, latest, done, records, epoch) -> dict[str, Any]:
     """What a trial reports to Tune after an epoch."""
     objective = aggregate_objective(latest, runs, ctx["metric"], ctx["objective"])
     return {"objective": objective, "epoch": epoch, "runs_total": len(runs),
-            "runs_done": len(done), RECORDS_KEY: json.dumps(records)}
+            "runs_done": len(done), RECORDS_KEY: json.dumps(records),
+            OPEN_KEY: json.dumps(sorted(r.key for r in runs if r.key not in done))}
