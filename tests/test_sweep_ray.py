@@ -163,9 +163,11 @@ def test_killed_driver_resumes_without_duplicating_runs(ray_session, in_tmp, tin
     path = write_spec(d)
     uri = f"sqlite:///{in_tmp}/mlflow.db"
     proc = subprocess.Popen([sys.executable, "-m", "raybrain.cli", "sweep", str(path),
-                             "--tracking-uri", uri, "--num-cpus", "2"],
+                             "--tracking-uri", uri, "--num-cpus", "2", "--dashboard"],
                             cwd=in_tmp, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=open(in_tmp / "driver.err", "w"))
+                            stdout=open(in_tmp / "driver.out", "w"),
+                            stderr=open(in_tmp / "driver.err", "w"))
+    dashboard_ips: set[str] = set()
     try:
         # wait until some epochs are in MLflow, then kill the driver and its local Ray
         deadline = time.time() + 240
@@ -187,6 +189,14 @@ def test_killed_driver_resumes_without_duplicating_runs(ray_session, in_tmp, tin
                 continue
             if logged >= 3:
                 break
+        # the dashboard raybrain started (and its Jobs API) listens on loopback only
+        line = next(ln for ln in (in_tmp / "driver.out").read_text().splitlines()
+                    if ln.startswith("Ray dashboard"))
+        port = int(line.rsplit(":", 1)[1])
+        import psutil
+
+        dashboard_ips = {c.laddr.ip for c in psutil.net_connections(kind="inet")
+                         if c.status == "LISTEN" and c.laddr.port == port}
         assert proc.poll() is None, ("the sweep ended before it could be interrupted: "
                                      + (in_tmp / "driver.err").read_text()[-2000:])
         assert logged >= 3
@@ -194,15 +204,25 @@ def test_killed_driver_resumes_without_duplicating_runs(ray_session, in_tmp, tin
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
-    _, _, before = _children(uri, "tiny-resume")
+    _, parent_before, before = _children(uri, "tiny-resume")
+    before_parent = parent_before.info.run_id
     assert any(c.info.status == "RUNNING" for c in before)
 
+    assert dashboard_ips == {"127.0.0.1"}
+
     printed: list[str] = []
-    result = run_sweep(parse_spec(d), tracking_uri=uri, out=printed.append)
+    result = run_sweep(parse_spec(d), tracking_uri=uri, out=printed.append, resume=True)
     tracker, parent, children = _children(uri, "tiny-resume")
     assert not any("config(s) failed" in line for line in printed), "\n".join(printed)
-    assert len(children) == 2 * 1 * 2 + 1 * 2  # brain x 2 configs x 2 seeds + none x 2 seeds
+    from tests.test_faults import fault_outcome
+
+    planned = 2 * 1 * 2 + 1 * 2  # brain x 2 configs x 2 seeds + none x 2 seeds
+    outcome = fault_outcome("driver_killed_mid_config", planned, children,
+                            {"running_at_kill": sum(c.info.status == "RUNNING" for c in before)})
+    assert outcome["child_runs"] == outcome["finished"] == planned, outcome
+    assert outcome["duplicated"] == 0 and outcome["lost"] == 0, outcome
     assert {c.info.run_id for c in before} <= {c.info.run_id for c in children}
+    assert parent.info.run_id == before_parent
     for c in children:
         assert c.info.status == "FINISHED"
         hist = tracker.client.get_metric_history(c.info.run_id, "test_accuracy")

@@ -78,27 +78,60 @@ def ray_init_kwargs(address: str | None, num_cpus: int | None = None,
     return kwargs
 
 
+def launcher_max_resources(path: str | os.PathLike | None = None) -> dict[str, float] | None:
+    """The most of each resource a cluster-launcher cluster can scale to (None: unknown).
+
+    ``ray up`` leaves the cluster's config on the head as ``~/ray_bootstrap_config.yaml``;
+    each node type contributes ``max_workers`` (``min_workers`` for the head type) times
+    its declared ``resources``.
+    """
+    from pathlib import Path
+
+    import yaml
+
+    f = Path(path) if path is not None else Path.home() / "ray_bootstrap_config.yaml"
+    try:
+        config = yaml.safe_load(f.read_text())
+        types = config["available_node_types"]
+        head = config.get("head_node_type")
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return None
+    out: dict[str, float] = {}
+    for name, node_type in (types or {}).items():
+        count = 1 if name == head else int(node_type.get("max_workers", 0))
+        for k, v in (node_type.get("resources") or {}).items():
+            out[k] = out.get(k, 0.0) + count * float(v)
+    return out or None
+
+
 def autoscaler_max_resources() -> dict[str, float] | None:
     """The most of each resource the cluster's autoscaler may bring up (None: unknown).
 
-    Read from the cluster config the autoscaler (v2, as on KubeRay and the cluster
-    launcher) publishes in the GCS. A private API of Ray: any failure means "unknown".
+    From the cluster config an autoscaler (v2) publishes in the GCS (a private Ray API:
+    any failure means "unknown"), else from the cluster launcher's config on the head.
+    Neither exists on a laptop, and on KubeRay only the former: there, set
+    ``use_gpu: true`` rather than ``auto`` for a GPU group that scales from zero.
     """
     try:
         from ray._private.state import state
 
         out = state.get_max_resources_from_cluster_config()
     except Exception:
-        return None
-    return {k: float(v) for k, v in out.items()} if out else None
+        out = None
+    if out:
+        return {k: float(v) for k, v in out.items()}
+    return launcher_max_resources()
 
 
-def capacity() -> dict[str, float]:
-    """Per resource, the larger of what the cluster has now and what it can scale to."""
+def capacity(autoscaling: bool = True) -> dict[str, float]:
+    """Per resource, the larger of what the cluster has now and what it can scale to.
+
+    ``autoscaling=False`` (a private local Ray) counts what is there only.
+    """
     import ray
 
     now = {k: float(v) for k, v in ray.cluster_resources().items()}
-    most = autoscaler_max_resources() or {}
+    most = (autoscaler_max_resources() or {}) if autoscaling else {}
     return {k: max(now.get(k, 0.0), most.get(k, 0.0)) for k in set(now) | set(most)}
 
 

@@ -46,16 +46,16 @@ def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
               max_configs: int | None = None, seeds: int | None = None,
               dry_run: bool = False, out: Callable[[str], None] | None = None,
               num_cpus: int | None = None, resume: bool = False, dashboard: bool = False,
-              dashboard_host: str = "127.0.0.1",
-              tracking_wait_s: float = 300.0) -> SweepResult | SweepPlan:
+              dashboard_host: str = "127.0.0.1") -> SweepResult | SweepPlan:
     """Validate and run ``spec``; returns the search plan on ``dry_run``, else the result.
 
     ``address``: None starts a private local Ray; ``auto`` or ``HOST:6379`` joins a cluster
     from one of its nodes; ``ray://HOST:10001`` runs the sweep's driver on the cluster
     (see :mod:`raybrain.sweep.remote`). ``resume``: the sweep must exist already
     (a sweep with the same name always resumes; the flag makes that explicit and refuses
-    a typo'd name). ``tracking_wait_s``: how long the end of a stage waits for an
-    unreachable MLflow before giving up with :class:`TrackingUnavailable`.
+    a typo'd name). An MLflow that cannot be written mid-sweep is retried every
+    ``tracking.retry_s`` seconds and waited for ``tracking.wait_s`` seconds at the end of
+    a stage before :class:`~raybrain.errors.TrackingUnavailable` is raised.
     """
     t0 = time.time()
     out = out or (lambda line: print(line, flush=True))
@@ -76,8 +76,7 @@ def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
     if address and address.startswith("ray://"):
         from raybrain.sweep.remote import run_remote
 
-        return run_remote(spec, address, out=out, max_configs=max_configs, resume=resume,
-                          tracking_wait_s=tracking_wait_s)
+        return run_remote(spec, address, out=out, max_configs=max_configs, resume=resume)
 
     import ray
 
@@ -113,8 +112,10 @@ def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
     if not ray.is_initialized():
         from raybrain.sweep.cluster import ray_init_kwargs
 
-        ray.init(**ray_init_kwargs(address, num_cpus, dashboard, dashboard_host))
+        context = ray.init(**ray_init_kwargs(address, num_cpus, dashboard, dashboard_host))
         started_ray = True
+        if dashboard and address is None and context.dashboard_url:
+            out(f"Ray dashboard (and Jobs API): http://{context.dashboard_url}")
     for logger in ("ray", "ray.tune", "ray.train"):
         logging.getLogger(logger).setLevel(logging.WARNING)
     # per-epoch MLflow writes of a lockstep trial take ~0.5 s; Tune's "slow callback" hints
@@ -122,7 +123,7 @@ def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
     logging.getLogger("ray.tune.utils.util").setLevel(logging.ERROR)
     try:
         runner = _StageRunner(spec, task, tracker, storage, spec_hash, finished, out,
-                              local=started_ray and address is None, wait_s=tracking_wait_s)
+                              local=started_ray and address is None)
         out(plan.describe().splitlines()[0])
         out(f"execution: {runner.execution}")
         tracker.client.set_tag(parent_id, "raybrain.execution", runner.execution)
@@ -189,15 +190,15 @@ class _StageRunner:
     """Runs one stage as a Tune experiment (new, or restored under the same name)."""
 
     def __init__(self, spec: Spec, task, tracker, storage, spec_hash: str,
-                 finished: list[str], out: Callable[[str], None], local: bool = True,
-                 wait_s: float = 300.0):
+                 finished: list[str], out: Callable[[str], None], local: bool = True):
         from raybrain.sweep.cluster import capacity, resolve_use_gpu
 
         self.spec, self.task, self.tracker, self.storage = spec, task, tracker, storage
-        self.spec_hash, self.finished, self.out, self.wait_s = spec_hash, finished, out, wait_s
+        self.spec_hash, self.finished, self.out = spec_hash, finished, out
+        self.wait_s = spec.tracking.wait_s
         self._ledgers: dict[str, Any] = {}
         res = spec.resources
-        self.capacity = capacity()
+        self.capacity = capacity(autoscaling=not local)
         self.use_gpu = resolve_use_gpu(res.use_gpu, self.capacity, local)
         self.use_train = res.num_workers > 1 or self.use_gpu
         self.execution = (f"ray-train TorchTrainer per run (num_workers={res.num_workers}, "
@@ -255,7 +256,7 @@ class _StageRunner:
         concurrent = self._concurrency(plan)
         trainable = tune.with_resources(tune.with_parameters(config_trial, ctx=ctx),
                                         trial_resources)
-        writer = MlflowWriter(self.tracker, out=self.out)
+        writer = MlflowWriter(self.tracker, out=self.out, retry_s=spec.tracking.retry_s)
         printer = ProgressPrinter(plan, out=self.out, mode=spec.search.mode)
         # Tune's JSON results first: the on-disk copy MLflow is re-synced from
         callbacks = [JsonLoggerCallback(), writer, printer]

@@ -74,7 +74,7 @@ def _driver_task(spec_json: str, queue, kwargs: dict[str, Any]):
 
 
 def run_remote(spec, address: str, out: Callable[[str], None], *, max_configs: int | None,
-               resume: bool, tracking_wait_s: float):
+               resume: bool):
     """Connect through Ray Client, run the driver on the head node, stream its lines."""
     import ray
     from ray.util.queue import Empty, Queue
@@ -96,8 +96,7 @@ def run_remote(spec, address: str, out: Callable[[str], None], *, max_configs: i
         task = ray.remote(num_cpus=0, max_retries=0)(_driver_task).options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(_head_node_id(), soft=False))
         ref = task.remote(spec.model_dump_json(), queue,
-                          {"max_configs": max_configs, "resume": resume,
-                           "tracking_wait_s": tracking_wait_s})
+                          {"max_configs": max_configs, "resume": resume})
         out(f"the sweep's driver runs on the cluster's head node ({address}); "
             f"its lines follow")
         try:

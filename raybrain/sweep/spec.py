@@ -95,8 +95,14 @@ class ResourcesSpec(_Strict):
 
 
 class TrackingSpec(_Strict):
+    #: sqlite:///mlflow.db on a laptop; an http(s):// MLflow server on a cluster
     uri: str = "sqlite:///mlflow.db"
     experiment: str = "raybrain"
+    #: while MLflow cannot be written, retry the waiting writes every this many seconds
+    retry_s: float = Field(15.0, gt=0)
+    #: at the end of a stage, wait this long for an unreachable MLflow before giving up
+    #: (nothing is lost: ``--resume`` writes the rest later)
+    wait_s: float = Field(300.0, ge=0)
 
 
 class StorageSpec(_Strict):
