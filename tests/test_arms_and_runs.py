@@ -298,3 +298,48 @@ def test_divergence_rule(losses, diverged, epochs):
         p.step()
     assert p.summary()["diverged"] == float(diverged)
     assert p.run.epoch == epochs
+
+
+def test_a_failing_run_is_recorded_with_its_reason_and_the_others_go_on(task, data,
+                                                                        tiny_spec_dict):
+    runs = _runs(task, {**tiny_spec_dict, "params": {**tiny_spec_dict["params"], "epochs": 3}},
+                 {"alpha": 0.1})
+    ex = ConfigExecutor(task, data, runs, task.primary_metric)
+    ex.step()
+    broken = ex.progress[1]
+
+    def singular(shard=(0, 1)):  # a fault inside one run's training step
+        raise np.linalg.LinAlgError("Singular matrix\nin the brain projection")
+
+    broken.run.train_epoch = singular
+    records = ex.step()
+    failed = [r for r in records if r.get("failed")]
+    assert len(failed) == 1 and failed[0]["key"] == broken.spec.key
+    assert failed[0]["failed"] == "LinAlgError: Singular matrix"
+    assert failed[0]["done"] and failed[0]["epoch"] == 1 and failed[0]["summary"]["epochs_done"] == 1
+    others = [r for r in records if not r.get("failed")]
+    assert len(others) == len(runs) - 1 and all(r["epoch"] == 2 for r in others)
+    last = ex.step()
+    assert ex.done and broken.spec.key not in {r["key"] for r in last}
+    assert all(r["epoch"] == 3 and r["done"] for r in last)
+    # the failure survives a checkpoint: restored, the run is still failed, with its reason
+    again = ConfigExecutor(task, data, runs, task.primary_metric)
+    again.restore(ex.state())
+    assert again.done and again.progress[1].failed == broken.failed
+
+
+def test_replay_after_restore_carries_every_epoch(task, data, tiny_spec_dict):
+    runs = _runs(task, {**tiny_spec_dict, "params": {**tiny_spec_dict["params"], "epochs": 3}},
+                 {"alpha": 0.1})[:2]
+    ex = ConfigExecutor(task, data, runs, task.primary_metric)
+    sent = ex.step() + ex.step()
+    again = ConfigExecutor(task, data, runs, task.primary_metric)
+    again.restore(ex.state())
+    replay = again.replay()
+    # exactly what was reported, epoch by epoch, for every run
+    assert [(r["key"], r["epoch"]) for r in replay] == sorted(
+        ((r["key"], r["epoch"]) for r in sent), key=lambda k: ([x.key for x in runs].index(k[0]), k[1]))
+    by = {(r["key"], r["epoch"]): r["metrics"] for r in sent}
+    for r in replay:
+        assert r["metrics"] == pytest.approx(by[(r["key"], r["epoch"])])
+        assert not r["done"]

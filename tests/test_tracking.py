@@ -98,3 +98,46 @@ def test_personal_params_reach_tracking_only_as_pseudonyms(tracker):
     assert not any("sub-07" in v or "sub-08" in v for v in everything)
     assert child.data.params["participant"].startswith("participant-")
     assert child.data.params["alpha"] == "0.1"
+
+
+def test_failed_run_is_closed_with_its_reason_and_reopened_if_retrained(tracker):
+    tracker.open_parent("sw", "hash1", {"task": "b2m-memory"})
+    spec = RunSpec("sw", "b2m-memory", "brain", 0, {"alpha": 0.1}, "real", "cfg1", "base1")
+    tracker.log_record(_record(spec, 1))
+    rec = {**_record(spec, 1, done=True), "failed": "LinAlgError: Singular matrix"}
+    tracker.log_record(rec)
+    (run,) = tracker.child_runs()
+    assert run.info.status == "FAILED"
+    assert run.data.tags["raybrain.failure_reason"] == "LinAlgError: Singular matrix"
+    # the same epoch again (a replay) leaves it alone; a later epoch (a retried config) reopens
+    tracker.log_record(_record(spec, 1))
+    assert tracker.child_runs()[0].info.status == "FAILED"
+    tracker.log_record(_record(spec, 2))
+    assert tracker.child_runs()[0].info.status == "RUNNING"
+
+
+def test_resync_writes_only_what_mlflow_lacks(tracker, tmp_path):
+    """Records in Tune's result.json lines reach MLflow once, whatever is there already."""
+    import json
+
+    from raybrain.sweep.resync import resync
+    from raybrain.sweep.trial import RECORDS_KEY
+
+    tracker.open_parent("sw", "hash1", {"task": "b2m-memory"})
+    a = RunSpec("sw", "b2m-memory", "brain", 0, {"alpha": 0.1}, "real", "cfg1", "base1")
+    b = RunSpec("sw", "b2m-memory", "none", 0, {}, "real", "base1", "base1")
+    lines = [{RECORDS_KEY: json.dumps([_record(a, e, e == 3), _record(b, e, e == 3)])}
+             for e in (1, 2, 3)]
+    trial = tmp_path / "exp" / "config_00000"
+    trial.mkdir(parents=True)
+    (trial / "result.json").write_text("\n".join(json.dumps(x) for x in lines) + "\n{\"cut")
+    tracker.log_record(_record(a, 1))  # MLflow had one epoch of one run before it went down
+    fresh = Tracker(tracker.uri, "exp")
+    fresh.open_parent("sw", "hash1", {"task": "b2m-memory"})
+    assert resync(fresh, str(tmp_path / "exp")) == 5
+    assert resync(fresh, str(tmp_path / "exp")) == 0  # idempotent
+    runs = fresh.child_runs()
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    for r in runs:
+        steps = [m.step for m in fresh.client.get_metric_history(r.info.run_id, "test_accuracy")]
+        assert sorted(steps) == [1, 2, 3]

@@ -96,8 +96,7 @@ class RunProgress:
 
     def fail(self, exc: BaseException) -> dict[str, Any]:
         """Mark the run failed (the other runs of its config go on); returns its record."""
-        lines = [ln for ln in f"{type(exc).__name__}: {exc}".splitlines() if ln.strip()]
-        self.failed = lines[-1][:500] if lines else type(exc).__name__
+        self.failed = failure_reason(exc)
         return self.record({"epoch": self.run.epoch})
 
     def replay(self) -> list[dict[str, Any]]:
@@ -193,6 +192,12 @@ class ConfigExecutor:
         for p in self.progress:
             if p.spec.key in state:
                 p.restore(state[p.spec.key])
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line for a run's failure: the exception type and its message's first line."""
+    first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+    return f"{type(exc).__name__}: {first}"[:500] if first else type(exc).__name__
 
 
 def divergence_rule(task) -> tuple[str, float] | None:

@@ -26,7 +26,8 @@ from ray.util.queue import Empty, Queue
 
 import raybrain.tasks as tasks
 from raybrain.sweep.arms import RunSpec
-from raybrain.sweep.execute import RunProgress, aggregate_objective, divergence_rule
+from raybrain.sweep.execute import (RunProgress, aggregate_objective, divergence_rule,
+                                    failure_reason)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -112,8 +113,7 @@ def run_with_train(ctx: dict[str, Any], runs: list[RunSpec],
             )
             trainer.fit()
         except Exception as exc:  # recorded as this run's failure; the other runs go on
-            lines = [ln for ln in f"{type(exc).__name__}: {exc}".splitlines() if ln.strip()]
-            failures[spec.key] = lines[-1][:500] if lines else type(exc).__name__
+            failures[spec.key] = failure_reason(exc)
         finally:
             queue.put((spec.key, None))
 
