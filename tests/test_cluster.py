@@ -63,6 +63,37 @@ def _sweep_cmd(path, address, uri, *extra):
             "--tracking-uri", uri, *extra]
 
 
+def test_gpu_runs_queue_as_demand_on_a_cluster_scaled_to_zero_gpus(cluster, tmp_path,
+                                                                    write_spec, tiny_spec_dict):
+    """No GPU node yet: the sweep is not refused; its runs' Train workers wait as pending
+    {GPU, CPU} placement-group demand, which is what an autoscaler scales up for."""
+    from ray.autoscaler.v2.sdk import get_cluster_status
+
+    d = {**_spec(tiny_spec_dict, "gpu-demand", tmp_path, epochs=2),
+         "resources": {"use_gpu": True, "cpus_per_run": 1, "gpus_per_worker": 1}, "seeds": 1}
+    d["params"]["alpha"] = {"grid": [0.1]}
+    d["arms"] = {"include": ["brain"]}
+    path = write_spec(d)
+    log = tmp_path / "driver.log"
+    proc = subprocess.Popen(_sweep_cmd(path, cluster.address, f"sqlite:///{tmp_path}/m.db"),
+                            cwd=tmp_path, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    demand = []
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and proc.poll() is None and not demand:
+            time.sleep(1.0)
+            pending = get_cluster_status(cluster.address).resource_demands.placement_group_demand
+            demand = [b.bundle for g in pending for b in g.bundles_by_count
+                      if b.bundle.get("GPU", 0) >= 1]
+        assert proc.poll() is None, log.read_text()[-3000:]
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    assert demand == [{"GPU": 1.0, "CPU": 1.0}], log.read_text()[-3000:]
+    text = log.read_text()
+    assert "use_gpu=True" in text and "pending demand" in text
+
+
 def test_sweep_spreads_over_nodes_and_survives_a_lost_node(cluster, tmp_path, write_spec,
                                                            tiny_spec_dict):
     """Runs execute on both nodes; the node holding a config is removed mid-run (kill, no

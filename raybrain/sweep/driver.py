@@ -203,6 +203,9 @@ class _StageRunner:
         self.use_train = res.num_workers > 1 or self.use_gpu
         self.execution = (f"ray-train TorchTrainer per run (num_workers={res.num_workers}, "
                           f"use_gpu={self.use_gpu})" if self.use_train else "in-process per trial")
+        if self.use_gpu and self.capacity.get("GPU", 0.0) == 0:
+            out("the cluster has no GPU node now: GPU runs wait as pending demand, which an "
+                "autoscaler answers by adding GPU workers")
 
     def _ledger(self, plan: SweepPlan, name: str) -> str:
         from raybrain.sweep.arms import assign_baselines, plan_config_runs
