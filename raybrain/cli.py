@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--address", help="Ray cluster: auto or HOST:6379 from a cluster node, "
                    "ray://HOST:10001 from elsewhere (default: start a private local Ray)")
     s.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, sqlite:///mlflow.db)")
+    s.add_argument("--storage-path", help="Tune state and checkpoints (default: the spec's "
+                   "storage.path); on a multi-node cluster a shared path or s3://, gs:// URI")
     s.add_argument("--name", help="sweep name (default: the spec's); the same name resumes")
     s.add_argument("--max-configs", type=_positive_int, help="run at most this many configs")
     s.add_argument("--seeds", type=_positive_int, help="number of seeds per arm (overrides the spec)")
@@ -144,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             run_sweep(spec, source=args.spec, dry_run=True)
             return 0
         result = run_sweep(spec, source=args.spec, address=args.address,
-                           tracking_uri=args.tracking_uri, name=args.name,
+                           tracking_uri=args.tracking_uri, storage_path=args.storage_path,
+                           name=args.name,
                            max_configs=args.max_configs, seeds=args.seeds,
                            dry_run=args.dry_run, num_cpus=args.num_cpus, resume=args.resume,
                            dashboard=args.dashboard, dashboard_host=args.dashboard_host)

@@ -30,6 +30,8 @@ def cluster():
     client_port = _free_port()
     c = Cluster(initialize_head=True, connect=False, head_node_args={
         "num_cpus": 1, "include_dashboard": False, "ray_client_server_port": client_port,
+        # the head is the one non-preemptible node: trial drivers may run only here
+        "resources": {"raybrain_driver": 1},
         # notice a lost node within ~2 s rather than Ray's default ~30 s
         "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
                            "health_check_failure_threshold": 4}})
@@ -173,3 +175,51 @@ def test_ray_client_address_runs_the_driver_on_the_head(cluster, tmp_path, write
     assert parent is not None and len(runs) == 4
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert parent.data.tags["raybrain.driver_node_id"] == cluster.head_node.node_id
+
+
+def test_torch_trainer_run_resumes_on_a_new_node_from_its_checkpoint(cluster, tmp_path,
+                                                                     write_spec, tiny_spec_dict):
+    """A run trained by a TorchTrainer (2 workers) loses its node mid-run: Ray Train's
+    failure config restarts the worker group on the node that replaces it, from the run's
+    last checkpoint; the trial driver, held on the head by its custom resource, lives on."""
+    d = {**_spec(tiny_spec_dict, "train-node-loss", tmp_path, epochs=12), "seeds": 1,
+         "resources": {"num_workers": 2, "cpus_per_run": 0.5,
+                       "driver_resources": {"raybrain_driver": 0.01}}}
+    d["params"]["alpha"] = {"grid": [0.1]}
+    d["arms"] = {"include": ["brain"]}
+    path = write_spec(d)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    nodes = {n.node_id: n for n in cluster.worker_nodes}
+    log = tmp_path / "driver.log"
+    proc = subprocess.Popen(_sweep_cmd(path, cluster.address, uri), cwd=tmp_path,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    lost = at_loss = None
+    try:
+        deadline = time.time() + 240
+        while proc.poll() is None and time.time() < deadline and lost is None:
+            time.sleep(0.3)
+            try:
+                _, _, runs = _runs(uri, "train-node-loss")
+            except Exception:
+                continue
+            if runs and int(runs[0].data.tags.get("raybrain.last_epoch", 0)) >= 3:
+                lost = runs[0].data.tags["raybrain.node_id"]
+                at_loss = int(runs[0].data.tags["raybrain.last_epoch"])
+                assert lost in nodes, "the Train workers ran on the head"
+                cluster.remove_node(nodes[lost], allow_graceful=False)
+                cluster.add_node(num_cpus=1)  # as an autoscaler would
+        assert lost is not None, log.read_text()[-3000:]
+        assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    tracker, parent, runs = _runs(uri, "train-node-loss")
+    assert parent.data.tags["raybrain.execution"].startswith("ray-train TorchTrainer")
+    (run,) = runs
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["raybrain.node_id"] != lost
+    assert int(run.data.tags["raybrain.resumed_from_epoch"]) >= at_loss
+    steps = [m.step for m in tracker.client.get_metric_history(run.info.run_id, "test_accuracy")]
+    assert sorted(steps) == list(range(1, 13))

@@ -42,7 +42,8 @@ class SweepResult:
 
 
 def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
-              tracking_uri: str | None = None, name: str | None = None,
+              tracking_uri: str | None = None, storage_path: str | None = None,
+              name: str | None = None,
               max_configs: int | None = None, seeds: int | None = None,
               dry_run: bool = False, out: Callable[[str], None] | None = None,
               num_cpus: int | None = None, resume: bool = False, dashboard: bool = False,
@@ -59,7 +60,8 @@ def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
     """
     t0 = time.time()
     out = out or (lambda line: print(line, flush=True))
-    spec = _apply_overrides(spec, source, name=name, seeds=seeds, tracking_uri=tracking_uri)
+    spec = _apply_overrides(spec, source, name=name, seeds=seeds, tracking_uri=tracking_uri,
+                            storage_path=storage_path)
     checked = validate_spec(spec, source)
     task = checked["task"]
     plan = make_plan(spec, task, max_configs)
@@ -383,7 +385,8 @@ def _stage_exists(storage, name: str) -> bool:
     return Tuner.can_restore(_join(storage, name))
 
 
-def _apply_overrides(spec: Spec, source: str, *, name, seeds, tracking_uri) -> Spec:
+def _apply_overrides(spec: Spec, source: str, *, name, seeds, tracking_uri,
+                     storage_path=None) -> Spec:
     if name is not None or seeds is not None:
         from raybrain.sweep.spec import parse_spec
 
@@ -396,6 +399,9 @@ def _apply_overrides(spec: Spec, source: str, *, name, seeds, tracking_uri) -> S
     if tracking_uri is not None:
         spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(
             update={"uri": tracking_uri})})
+    if storage_path is not None:
+        spec = spec.model_copy(update={"storage": spec.storage.model_copy(
+            update={"path": storage_path})})
     return spec
 
 
