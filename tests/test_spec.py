@@ -196,8 +196,15 @@ def test_bare_yaml_null_generator_is_explained(tmp_path, capsys, write_spec, tin
     _assert_rejected(tmp_path, capsys, write_spec, d, "data.generator", "in quotes")
 
 
-def test_ray_client_address_is_refused_before_anything(tmp_path, capsys, write_spec, tiny_spec_dict):
+def test_ray_client_with_paths_only_this_machine_knows_is_refused_first(
+        tmp_path, capsys, write_spec, tiny_spec_dict, monkeypatch):
+    """Through ray://, the driver runs on the cluster: a relative sqlite store or storage
+    path would land somewhere else there; refused before connecting or writing anything."""
+    monkeypatch.chdir(tmp_path)
     path = write_spec(dict(tiny_spec_dict, seeds=5))
     code, errors = _cli_error(capsys, ["sweep", str(path), "--address", "ray://head:10001"])
-    assert code == 2 and "Ray Job" in errors[0]
-    assert not (tmp_path / "mlflow.db").exists()
+    assert code == 2 and "MLflow server" in errors[0] and "sqlite:///mlflow.db" in errors[0]
+    code, errors = _cli_error(capsys, ["sweep", str(path), "--address", "ray://head:10001",
+                                       "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+    assert code == 2 and "storage.path './raybrain_results'" in errors[0]
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "m.db").exists()

@@ -85,11 +85,19 @@ def run_remote(spec, address: str, out: Callable[[str], None], *, max_configs: i
     check_remote_paths(spec, f"with --address {address}")
     t0 = time.time()
     _use_ray_token()
-    try:
-        ray.init(address=address, log_to_driver=False)
-    except ConnectionError as err:
-        raise SpecError(f"--address {address}: no Ray Client server answered ({err}); expected "
-                        f"a cluster started with 'ray start --head' (client port 10001)") from None
+    for attempt in (1, 2):
+        try:
+            ray.init(address=address, log_to_driver=False)
+            break
+        except ConnectionError as err:
+            # the client server starts one server process per connection, which now and
+            # then fails to come up: one more try before giving up
+            if attempt == 2:
+                reason = next((ln for ln in str(err).splitlines() if ln.strip()), "")
+                raise SpecError(f"--address {address}: no Ray Client server answered "
+                                f"({reason}); expected a cluster started with "
+                                f"'ray start --head' (client port 10001)") from None
+            time.sleep(2.0)
     try:
         queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy":
                                      NodeAffinitySchedulingStrategy(_head_node_id(), soft=False)})
