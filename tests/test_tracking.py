@@ -141,3 +141,25 @@ def test_resync_writes_only_what_mlflow_lacks(tracker, tmp_path):
     for r in runs:
         steps = [m.step for m in fresh.client.get_metric_history(r.info.run_id, "test_accuracy")]
         assert sorted(steps) == [1, 2, 3]
+
+
+def test_an_epoch_written_without_its_tag_is_not_written_twice(tracker):
+    """MLflow commits a batch's metrics and tags separately; a writer killed in between
+    leaves metrics the last-epoch tag does not count. The next writer checks the history."""
+    from mlflow.entities import Metric
+
+    tracker.open_parent("sw", "hash1", {"task": "b2m-memory"})
+    spec = RunSpec("sw", "b2m-memory", "brain", 0, {"alpha": 0.1}, "real", "cfg1", "base1")
+    tracker.log_record(_record(spec, 1))
+    (run,) = tracker.child_runs()
+    rec = _record(spec, 2)
+    tracker.client.log_batch(run.info.run_id, metrics=[  # epoch 2's metrics, tag never set
+        Metric(k, float(v), 0, 2) for k, v in rec["metrics"].items() if k != "epoch"])
+    assert tracker.client.get_run(run.info.run_id).data.tags["raybrain.last_epoch"] == "1"
+    resumed = Tracker(tracker.uri, "exp")
+    resumed.open_parent("sw", "hash1", {"task": "b2m-memory"})
+    resumed.log_record(rec)
+    resumed.log_record(_record(spec, 3, done=True))
+    for name in ("test_accuracy", "loss"):
+        steps = [m.step for m in resumed.client.get_metric_history(run.info.run_id, name)]
+        assert sorted(steps) == [1, 2, 3]

@@ -296,6 +296,9 @@ class _StageRunner:
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
             _write_text(_join(exp_dir, SPEC_FILE), json.dumps(
                 {"spec_hash": self.spec_hash, "stage": plan.stage}, indent=1))
+        from raybrain.sweep.ray_compat import tolerate_deleted_checkpoints
+
+        tolerate_deleted_checkpoints()
         grid = tuner.fit()
         self._settle(writer, exp_dir, grid, printer.trials)
         results = []

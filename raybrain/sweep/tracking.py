@@ -72,6 +72,7 @@ class Tracker:
         self._runs: dict[str, str] = {}
         self._last_epoch: dict[str, int] = {}
         self._closed: set[str] = set()  # keys of runs no longer RUNNING
+        self._verify: set[str] = set()  # runs whose last epoch is checked against history
 
     # -- parent -------------------------------------------------------------------------
     def find_parent(self, sweep: str):
@@ -141,6 +142,7 @@ class Tracker:
             run = found[0]
             self._runs[key] = run.info.run_id
             self._last_epoch[key] = int(run.data.tags.get("raybrain.last_epoch", 0))
+            self._verify.add(key)
             if run.info.status != "RUNNING":
                 self._closed.add(key)
             return run.info.run_id
@@ -177,6 +179,7 @@ class Tracker:
             if key:
                 self._runs[key] = run.info.run_id
                 self._last_epoch[key] = int(run.data.tags.get("raybrain.last_epoch", 0))
+                self._verify.add(key)
                 if run.info.status != "RUNNING":
                     self._closed.add(key)
 
@@ -204,11 +207,21 @@ class Tracker:
         resumed = record.get("resumed_from")
         if epoch <= last and not done and resumed is None:
             return
+        names = [k for k in record["metrics"] if k != "epoch"]
+        if epoch > last and key in self._verify and names:
+            # MLflow stores a batch's metrics and its tags in separate transactions: a
+            # driver killed (or a request cut) between them leaves epochs the tag does not
+            # count. The run's own history settles it, once per run and writer.
+            steps = [m.step for m in self.client.get_metric_history(run_id, names[0])]
+            last = max([last, *steps])
+            self._last_epoch[key] = last
+            self._verify.discard(key)
+            if epoch <= last and not done and resumed is None:
+                return
         ts = int(time.time() * 1000)
         metrics = []
         if epoch > last:
-            metrics = [Metric(k, float(v), ts, epoch) for k, v in record["metrics"].items()
-                       if k != "epoch"]
+            metrics = [Metric(k, float(record["metrics"][k]), ts, epoch) for k in names]
         tags = [RunTag("raybrain.last_epoch", str(max(epoch, last)))]
         if record.get("node_id"):
             tags.append(RunTag("raybrain.node_id", str(record["node_id"])))
@@ -220,7 +233,11 @@ class Tracker:
             tags.append(RunTag("raybrain.diverged", str(bool(summary.get("diverged")))))
             if record.get("failed"):
                 tags.append(RunTag("raybrain.failure_reason", str(record["failed"])[:5000]))
-        self.client.log_batch(run_id, metrics=metrics, tags=tags)
+        try:
+            self.client.log_batch(run_id, metrics=metrics, tags=tags)
+        except Exception:
+            self._verify.add(key)  # it may have been written in part: check before retrying
+            raise
         self._last_epoch[key] = max(epoch, last)
         if done:
             self.client.set_terminated(run_id, status="FAILED" if record.get("failed")
