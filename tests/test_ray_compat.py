@@ -13,7 +13,11 @@ def test_deleting_a_missing_checkpoint_is_a_no_op(tmp_path):
 
     from raybrain.sweep.ray_compat import tolerate_deleted_checkpoints
 
+    from ray.train._internal import storage
+
     fs = pyarrow.fs.LocalFileSystem()
+    with pytest.raises(FileNotFoundError):  # the bug: Ray's own helper raises
+        storage._delete_fs_path(fs=fs, fs_path=str(tmp_path / "checkpoint_000001"))
     tolerate_deleted_checkpoints()
     tolerate_deleted_checkpoints()  # idempotent
     checkpoint_manager._delete_fs_path(fs=fs, fs_path=str(tmp_path / "checkpoint_000002"))
