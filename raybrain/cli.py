@@ -5,6 +5,8 @@
 or any MLflow run exists), runs the sweep with live progress and prints the verdict table.
 ``raybrain ui [--tracking-uri] [--experiment] [--sweep] [--port] [--host]`` serves the
 MLflow store in the MLflow UI and prints the experiment's (and the sweep's) URL.
+``raybrain submit SPEC --address http://HEAD:8265`` runs a sweep as a Ray Job on a cluster;
+``raybrain jobs status|logs|stop|list [ID]`` follows it.
 ``raybrain report SWEEP [--out DIR]`` draws the sweep's figures and verdict into one HTML
 page and logs them on the sweep's parent run.
 """
@@ -51,8 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="validate a spec and print the plan")
     v.add_argument("spec")
     from raybrain.analysis.report import add_report_subparser
+    from raybrain.jobs import add_jobs_subparsers
 
     add_report_subparser(sub)
+    add_jobs_subparsers(sub)
     u = sub.add_parser("ui", help="serve the MLflow store in the MLflow UI until Ctrl-C")
     u.add_argument("--tracking-uri", default="sqlite:///mlflow.db",
                    help="MLflow backend store (default: sqlite:///mlflow.db, the sweeps' default)")
@@ -135,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "ui":
             return _ui(args)
+        if args.command in ("submit", "jobs"):
+            from raybrain.jobs import run_jobs_command
+
+            return run_jobs_command(args)
         if args.command == "report":
             from raybrain.analysis.report import run_report_command
 

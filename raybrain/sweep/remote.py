@@ -33,7 +33,7 @@ def check_remote_paths(spec, where: str) -> None:
             f"a path every node sees (NFS) or an object store URI (s3://BUCKET/raybrain)")
 
 
-def _use_ray_token() -> None:
+def use_ray_token() -> None:
     """Present the Ray auth token, when there is one, to a cluster that asks for it.
 
     Ray 2.60 heads enable token authentication when a token exists, while Ray Client
@@ -84,7 +84,7 @@ def run_remote(spec, address: str, out: Callable[[str], None], *, max_configs: i
 
     check_remote_paths(spec, f"with --address {address}")
     t0 = time.time()
-    _use_ray_token()
+    use_ray_token()
     for attempt in (1, 2):
         try:
             ray.init(address=address, log_to_driver=False)

@@ -1,0 +1,213 @@
+"""``raybrain submit`` and ``raybrain jobs``: a sweep as a Ray Job on a cluster.
+
+``raybrain submit SPEC --address http://HEAD:8265`` validates the spec here (one line and
+exit code 2 on bad input, before anything is sent), ships the working directory, and
+starts ``raybrain sweep SPEC --address auto`` as a Ray Job: its driver runs on the head,
+writes MLflow from there and survives the laptop going away. The job runs in a temporary
+copy of the working directory, so a relative tracking store or storage path, which would
+vanish with that copy, is refused. Credentials are never put on a command line or into
+the job's runtime environment (the dashboard shows both): the cluster's environment
+provides ``MLFLOW_TRACKING_*``. ``raybrain jobs status|logs|stop|list`` follow the job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from raybrain.errors import SpecError
+
+#: never shipped with the working directory: environments, results, stores, caches
+EXCLUDES = [".venv", "venv", ".git", "raybrain_results", "raybrain_report", "mlruns",
+            "mlartifacts", "*.db", "__pycache__", "*.pyc", ".pytest_cache", "tests/artifacts",
+            "bench/results"]
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def default_address() -> str:
+    for var in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
+        value = os.environ.get(var, "")
+        if value.startswith(("http://", "https://")):
+            return value
+    return "http://127.0.0.1:8265"
+
+
+def add_jobs_subparsers(sub) -> None:
+    s = sub.add_parser("submit", help="run a sweep spec as a Ray Job on a cluster")
+    s.add_argument("spec", help="sweep spec YAML, inside the working directory")
+    s.add_argument("--address", default=None,
+                   help="Ray Jobs API of the cluster (default: $RAY_API_SERVER_ADDRESS, or "
+                        "$RAY_ADDRESS if http, else http://127.0.0.1:8265)")
+    s.add_argument("--working-dir", default=".", help="directory shipped with the job (default: .)")
+    s.add_argument("--tracking-uri", help="MLflow server the cluster reaches (http://...)")
+    s.add_argument("--storage-path", help="shared storage for Tune state and checkpoints")
+    s.add_argument("--name", help="sweep name (default: the spec's)")
+    s.add_argument("--seeds", type=int, help="number of seeds per arm")
+    s.add_argument("--max-configs", type=int, help="run at most this many configs")
+    s.add_argument("--resume", action="store_true", help="the sweep must exist; continue it")
+    s.add_argument("--job-id", help="submission id (default: chosen by Ray)")
+    s.add_argument("--wait", action="store_true",
+                   help="follow the job's logs until it ends; exit 0 only if it succeeded")
+    j = sub.add_parser("jobs", help="status, logs, stop or list of submitted sweeps")
+    j.add_argument("action", choices=["status", "logs", "stop", "list"])
+    j.add_argument("job_id", nargs="?", help="the job id printed by raybrain submit")
+    j.add_argument("--address", default=None, help="Ray Jobs API (default as for submit)")
+    j.add_argument("--follow", action="store_true", help="logs: follow until the job ends")
+
+
+def _client(address: str):
+    """A Jobs client, or one line saying why the address does not answer."""
+    import urllib.error
+    import urllib.request
+
+    if not address.startswith(("http://", "https://")):
+        raise SpecError(f"--address {address!r} is not a Ray Jobs API address; expected "
+                        f"http://HEAD:8265 (the dashboard port)")
+    from raybrain.sweep.remote import use_ray_token
+
+    use_ray_token()
+    try:
+        urllib.request.urlopen(address.rstrip("/") + "/api/version", timeout=5)  # noqa: S310
+    except urllib.error.HTTPError:
+        pass  # something answers (auth is handled by the client below)
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise SpecError(f"no Ray Jobs API at {address} ({reason}); start the cluster with the "
+                        f"dashboard (ray[default]) or tunnel to it with 'ray dashboard "
+                        f"CLUSTER.yaml'") from None
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address)
+    except (ConnectionError, RuntimeError) as err:
+        line = next((ln for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+        raise SpecError(f"the Ray Jobs API at {address} refused the connection: {line}") from None
+
+
+def _relative_uri(uri: str) -> bool:
+    if uri.startswith(("http://", "https://", "databricks")):
+        return False
+    if uri.startswith("sqlite:"):
+        return not uri.startswith("sqlite:////")
+    if uri.startswith("file:"):
+        return not uri.startswith("file:///")
+    return "://" not in uri and not uri.startswith("/")
+
+
+def build_submission(args: argparse.Namespace, out=print) -> dict[str, Any]:
+    """Validate everything locally; return the job's entrypoint and runtime environment."""
+    from raybrain.sweep import load_spec, run_sweep
+    from raybrain.sweep.cluster import check_tracking_uri
+
+    workdir = Path(args.working_dir).resolve()
+    spec_path = Path(args.spec).resolve()
+    if not workdir.is_dir():
+        raise SpecError(f"--working-dir {str(workdir)!r} is not a directory")
+    spec = load_spec(spec_path)
+    run_sweep(spec, source=args.spec, tracking_uri=args.tracking_uri,
+              storage_path=args.storage_path, name=args.name, seeds=args.seeds,
+              max_configs=args.max_configs, dry_run=True, out=lambda line: None)
+    try:
+        rel = spec_path.relative_to(workdir)
+    except ValueError:
+        raise SpecError(f"spec {str(spec_path)!r} is not inside the working directory "
+                        f"{str(workdir)!r}, which is what the job receives; move it there or "
+                        f"pass --working-dir") from None
+    uri = args.tracking_uri or spec.tracking.uri
+    if _relative_uri(uri):
+        raise SpecError(f"tracking URI {uri!r} is relative: the job runs in a temporary copy "
+                        f"of the working directory and its MLflow store would vanish with it; "
+                        f"pass --tracking-uri http://MLFLOW_HOST:5000 (or an absolute "
+                        f"sqlite:////path on a shared filesystem)")
+    storage = args.storage_path or spec.storage.path
+    if "://" not in storage and not storage.startswith(("/", "~")):
+        raise SpecError(f"storage.path {storage!r} is relative: the job's checkpoints would "
+                        f"vanish with its temporary working directory; set storage.path in the "
+                        f"spec (or --storage-path) to a shared path or s3://BUCKET/raybrain")
+    if not uri.startswith(("http://", "https://", "databricks")):
+        out(f"warning: tracking URI {uri} is a path on the cluster's head node; it must be "
+            f"on a filesystem the head node shares")
+    check_tracking_uri(uri)  # credentials in it are refused; a server must answer
+    cmd = ["raybrain", "sweep", rel.as_posix(), "--address", "auto"]
+    for flag, value in (("--tracking-uri", args.tracking_uri), ("--storage-path", args.storage_path),
+                        ("--name", args.name), ("--seeds", args.seeds),
+                        ("--max-configs", args.max_configs)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    if args.resume:
+        cmd.append("--resume")
+    return {"entrypoint": shlex.join(cmd), "name": args.name or spec.name,
+            "runtime_env": {"working_dir": str(workdir), "excludes": EXCLUDES},
+            "metadata": {"raybrain.sweep": args.name or spec.name, "raybrain.spec": rel.as_posix()}}
+
+
+def _submit(args: argparse.Namespace) -> int:
+    sub = build_submission(args)
+    address = args.address or default_address()
+    client = _client(address)
+    job_id = client.submit_job(entrypoint=sub["entrypoint"], runtime_env=sub["runtime_env"],
+                               submission_id=args.job_id, metadata=sub["metadata"])
+    print(f"submitted sweep {sub['name']!r} as Ray Job {job_id} at {address}", flush=True)
+    print(f"  raybrain jobs status {job_id} --address {address}\n"
+          f"  raybrain jobs logs {job_id} --address {address} --follow\n"
+          f"  raybrain jobs stop {job_id} --address {address}", flush=True)
+    if not args.wait:
+        return 0
+    status = _follow(client, job_id)
+    print(f"job {job_id}: {status}", flush=True)
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def _follow(client, job_id: str) -> str:
+    """Print the job's log as it grows until the job ends; return its final status."""
+    shown = 0
+    while True:
+        status = str(client.get_job_status(job_id))
+        logs = client.get_job_logs(job_id)
+        if len(logs) > shown:
+            sys.stdout.write(logs[shown:])
+            sys.stdout.flush()
+            shown = len(logs)
+        if status in TERMINAL:
+            return status
+        time.sleep(1.0)
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    address = args.address or default_address()
+    if args.action != "list" and not args.job_id:
+        raise SpecError(f"raybrain jobs {args.action} needs a job id (see raybrain jobs list)")
+    client = _client(address)
+    if args.action == "list":
+        for job in client.list_jobs():
+            meta = job.metadata or {}
+            print(f"{job.submission_id or job.job_id}  {job.status}  "
+                  f"sweep={meta.get('raybrain.sweep', '-')}  {job.entrypoint}")
+        return 0
+    try:
+        info = client.get_job_info(args.job_id)
+    except RuntimeError:
+        raise SpecError(f"no job {args.job_id!r} at {address}; see raybrain jobs list "
+                        f"--address {address}") from None
+    if args.action == "status":
+        print(f"{args.job_id}: {info.status}" + (f" ({info.message})" if info.message else ""))
+        return 0
+    if args.action == "logs":
+        if args.follow:
+            status = _follow(client, args.job_id)
+            print(f"job {args.job_id}: {status}")
+        else:
+            sys.stdout.write(client.get_job_logs(args.job_id))
+        return 0
+    stopped = client.stop_job(args.job_id)
+    print(f"{args.job_id}: " + ("stop requested" if stopped else f"already {info.status}"))
+    return 0
+
+
+def run_jobs_command(args: argparse.Namespace) -> int:
+    return _submit(args) if args.command == "submit" else _jobs(args)

@@ -1,0 +1,134 @@
+"""``raybrain submit`` / ``raybrain jobs``: refusals before anything is sent, and one real
+sweep submitted as a Ray Job to a Ray whose dashboard (the Jobs API) is on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from raybrain.cli import main
+from raybrain.sweep.tracking import Tracker
+from raybrain.ui import free_port
+
+VENV_BIN = str(Path(sys.executable).parent)
+
+
+def _err(capsys, argv):
+    code = main(argv)
+    captured = capsys.readouterr()
+    lines = [ln for ln in captured.err.splitlines() if not ln.startswith("warning:")]
+    return code, lines, captured.out
+
+
+@pytest.fixture
+def workdir(tmp_path, tiny_spec_dict, monkeypatch):
+    import yaml
+
+    wd = tmp_path / "project"
+    wd.mkdir()
+    d = {**tiny_spec_dict, "seeds": 4, "storage": {"path": str(tmp_path / "results")},
+         "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"}}
+    (wd / "spec.yaml").write_text(yaml.safe_dump(d))
+    monkeypatch.chdir(wd)
+    return wd
+
+
+@pytest.mark.unit
+def test_submit_refusals_come_first_and_in_one_line(workdir, tmp_path, capsys, write_spec,
+                                                    tiny_spec_dict):
+    closed = f"http://127.0.0.1:{free_port()}"
+    # a spec error beats an unreachable address
+    bad = workdir / "bad.yaml"
+    bad.write_text("name: x\ntask: b2m-memory\nparams: {alpha: 2.0}\n")
+    code, lines, _ = _err(capsys, ["submit", "bad.yaml", "--address", closed])
+    assert code == 2 and len(lines) == 1 and "alpha" in lines[0]
+    # the spec must travel with the working directory
+    outside = write_spec({**tiny_spec_dict, "seeds": 4}, name="outside.yaml")
+    code, lines, _ = _err(capsys, ["submit", str(outside), "--address", closed,
+                                   "--working-dir", str(workdir)])
+    assert code == 2 and "not inside the working directory" in lines[0]
+    # relative stores would vanish with the job's temporary copy
+    code, lines, _ = _err(capsys, ["submit", "spec.yaml", "--address", closed,
+                                   "--tracking-uri", "sqlite:///mlflow.db"])
+    assert code == 2 and "relative" in lines[0] and "--tracking-uri http://" in lines[0]
+    code, lines, _ = _err(capsys, ["submit", "spec.yaml", "--address", closed,
+                                   "--storage-path", "results"])
+    assert code == 2 and "storage.path 'results' is relative" in lines[0]
+    # credentials never go on a command line (nor into the error)
+    code, lines, _ = _err(capsys, ["submit", "spec.yaml", "--address", closed,
+                                   "--tracking-uri", "http://bob:s3cret@127.0.0.1:5000"])
+    assert code == 2 and "MLFLOW_TRACKING_PASSWORD" in lines[0] and "s3cret" not in lines[0]
+    # all good but nobody listens
+    code, lines, _ = _err(capsys, ["submit", "spec.yaml", "--address", closed])
+    assert code == 2 and len(lines) == 1 and "no Ray Jobs API" in lines[0]
+    code, lines, _ = _err(capsys, ["jobs", "status", "--address", closed])
+    assert code == 2 and "needs a job id" in lines[0]
+
+
+@pytest.fixture(scope="module")
+def jobs_api(tmp_path_factory):
+    """A Ray started with its dashboard (Ray Jobs API) on 127.0.0.1, next to the session's."""
+    tmp = tmp_path_factory.mktemp("jobs")
+    temp_dir = f"/tmp/rbjobs-{os.getpid()}"  # short: Ray's unix sockets live under it
+    port = free_port()
+    script = tmp / "head.py"
+    script.write_text(
+        "import json, sys, time, ray\n"
+        "ctx = ray.init(address='local', num_cpus=2, include_dashboard=True,\n"
+        "               dashboard_host='127.0.0.1', dashboard_port=int(sys.argv[1]),\n"
+        "               _temp_dir=sys.argv[2], log_to_driver=False)\n"
+        "print(json.dumps({'dashboard': ctx.dashboard_url}), flush=True)\n"
+        "while True:\n    time.sleep(1)\n")
+    env = {**os.environ, "PATH": VENV_BIN + os.pathsep + os.environ["PATH"]}
+    out = tmp / "head.out"
+    proc = subprocess.Popen([sys.executable, str(script), str(port), temp_dir], env=env,
+                            stdout=open(out, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 90
+        while '"dashboard"' not in out.read_text():
+            assert proc.poll() is None and time.time() < deadline, out.read_text()[-2000:]
+            time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}", port
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        subprocess.run(["pkill", "-9", "-f", temp_dir], check=False)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_sweep_runs_as_a_ray_job(jobs_api, workdir, tmp_path, capsys):
+    import psutil
+
+    address, port = jobs_api
+    listening = {c.laddr.ip for c in psutil.net_connections(kind="inet")
+                 if c.status == "LISTEN" and c.laddr.port == port}
+    assert listening == {"127.0.0.1"}  # the Jobs API is not reachable from other machines
+    (workdir / ".venv").mkdir()  # excluded from the upload
+    (workdir / ".venv" / "big.bin").write_bytes(b"0" * 1024)
+    code = main(["submit", "spec.yaml", "--address", address, "--wait",
+                 "--job-id", "raybrain-test-job", "--seeds", "2"])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    assert "submitted sweep 'tiny' as Ray Job raybrain-test-job" in out
+    assert "config alpha=0.1" in out and "job raybrain-test-job: SUCCEEDED" in out
+    assert main(["jobs", "status", "raybrain-test-job", "--address", address]) == 0
+    assert "SUCCEEDED" in capsys.readouterr().out
+    assert main(["jobs", "list", "--address", address]) == 0
+    assert "sweep=tiny" in capsys.readouterr().out
+    code, lines, _ = _err(capsys, ["jobs", "logs", "no-such-job", "--address", address])
+    assert code == 2 and "no job 'no-such-job'" in lines[0]
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "raybrain")
+    parent = tracker.find_parent("tiny")
+    tracker.parent_id = parent.info.run_id
+    runs = tracker.child_runs()
+    # 2 configs x (brain, shuffled, noise) x 2 seeds + (2 l2 + none) x 2 seeds
+    assert len(runs) == 18 and {r.info.status for r in runs} == {"FINISHED"}
+    assert json.loads(parent.data.params["seeds"]) == 2
