@@ -135,8 +135,12 @@ def test_sweep_spreads_over_nodes_and_survives_a_lost_node(cluster, tmp_path, wr
             proc.kill()
     tracker, parent, runs = _runs(uri, "two-nodes")
     # planned: 2 configs x brain x 2 seeds + the none baseline x 2 seeds
-    keys = [r.data.tags["raybrain.run_key"] for r in runs]
-    assert len(runs) == 6 and len(set(keys)) == 6
+    from tests.test_faults import fault_outcome
+
+    outcome = fault_outcome("node_removed_mid_run", 6, runs,
+                            {"runs_on_lost_node": len(seen_on_lost)})
+    assert outcome["child_runs"] == outcome["finished"] == 6, outcome
+    assert outcome["duplicated"] == 0 and outcome["lost"] == 0, outcome
     nodes = {r.data.tags["raybrain.run_key"]: r.data.tags["raybrain.node_id"] for r in runs}
     # the runs that lost their node finished on the replacement, from their checkpoint
     for key, epoch_at_loss in seen_on_lost.items():
@@ -217,6 +221,10 @@ def test_torch_trainer_run_resumes_on_a_new_node_from_its_checkpoint(cluster, tm
             proc.kill()
     tracker, parent, runs = _runs(uri, "train-node-loss")
     assert parent.data.tags["raybrain.execution"].startswith("ray-train TorchTrainer")
+    from tests.test_faults import fault_outcome
+
+    outcome = fault_outcome("torch_trainer_node_removed", 1, runs, {"epoch_at_loss": at_loss})
+    assert outcome == {**outcome, "child_runs": 1, "finished": 1, "duplicated": 0, "lost": 0}
     (run,) = runs
     assert run.info.status == "FINISHED"
     assert run.data.tags["raybrain.node_id"] != lost
