@@ -24,6 +24,18 @@ TINY = {
 }
 
 
+def sweep_runs(uri: str, name: str):
+    """(tracker, parent run or None, child runs) of sweep ``name`` in experiment raybrain."""
+    from raybrain.sweep.tracking import Tracker
+
+    tracker = Tracker(uri, "raybrain")
+    parent = tracker.find_parent(name)
+    if parent is None:
+        return tracker, None, []
+    tracker.parent_id = parent.info.run_id
+    return tracker, parent, tracker.child_runs()
+
+
 @pytest.fixture
 def tiny_spec_dict():
     return copy.deepcopy(TINY)

@@ -5,29 +5,23 @@ node removed mid-run, and run through Ray Client with the driver on the head nod
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
-from raybrain.sweep.tracking import Tracker
+from raybrain.ui import free_port
+from tests.conftest import sweep_runs as _runs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def cluster():
     from ray.cluster_utils import Cluster
 
-    client_port = _free_port()
+    client_port = free_port()
     c = Cluster(initialize_head=True, connect=False, head_node_args={
         "num_cpus": 1, "include_dashboard": False, "ray_client_server_port": client_port,
         # the head is the one non-preemptible node: trial drivers may run only here
@@ -49,15 +43,6 @@ def _spec(tiny_spec_dict, name, tmp_path, epochs=16):
          "arms": {"include": ["brain", "none"]},
          "storage": {"path": str(tmp_path / "results")}}
     return d
-
-
-def _runs(uri, name):
-    tracker = Tracker(uri, "raybrain")
-    parent = tracker.find_parent(name)
-    if parent is None:
-        return tracker, None, []
-    tracker.parent_id = parent.info.run_id
-    return tracker, parent, tracker.child_runs()
 
 
 def _sweep_cmd(path, address, uri, *extra):

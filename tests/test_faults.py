@@ -16,6 +16,7 @@ import pytest
 
 from raybrain.sweep import parse_spec, run_sweep
 from raybrain.sweep.tracking import Tracker
+from tests.conftest import sweep_runs as _children
 from raybrain.ui import MlflowServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -43,15 +44,6 @@ def _wait_for(predicate, timeout, what, log: Path):
             return
         time.sleep(0.3)
     raise AssertionError(f"timed out waiting for {what}: " + log.read_text()[-3000:])
-
-
-def _children(uri: str, name: str):
-    tracker = Tracker(uri, "raybrain")
-    parent = tracker.find_parent(name)
-    if parent is None:
-        return tracker, None, []
-    tracker.parent_id = parent.info.run_id
-    return tracker, parent, tracker.child_runs()
 
 
 def _logged_epochs(uri, name) -> int:

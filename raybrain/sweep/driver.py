@@ -357,16 +357,10 @@ def _join(root, name: str) -> str:
     return f"{str(root).rstrip('/')}/{name}"
 
 
-def _filesystem(path: str):
-    import pyarrow.fs
-
-    if "://" in path:
-        return pyarrow.fs.FileSystem.from_uri(path)
-    return pyarrow.fs.LocalFileSystem(), path
-
-
 def _read_text(path: str) -> str | None:
     import pyarrow.fs
+
+    from raybrain.sweep.resync import filesystem as _filesystem
 
     fs, p = _filesystem(path)
     if fs.get_file_info(p).type != pyarrow.fs.FileType.File:
@@ -376,6 +370,8 @@ def _read_text(path: str) -> str | None:
 
 
 def _write_text(path: str, text: str) -> None:
+    from raybrain.sweep.resync import filesystem as _filesystem
+
     fs, p = _filesystem(path)
     fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(p) as f:

@@ -18,7 +18,8 @@ from raybrain.sweep.trial import RECORDS_KEY
 RESULT_FILE = "result.json"
 
 
-def _filesystem(path: str):
+def filesystem(path: str):
+    """``(pyarrow filesystem, path in it)`` for a local path or a URI (s3://, gs://...)."""
     import pyarrow.fs
 
     if "://" in path:
@@ -30,7 +31,7 @@ def stored_records(exp_dir: str) -> Iterator[dict[str, Any]]:
     """Every run record in the stage's trial results, trial by trial, oldest first."""
     import pyarrow.fs
 
-    fs, root = _filesystem(str(exp_dir))
+    fs, root = filesystem(str(exp_dir))
     try:
         infos = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=False))
     except (FileNotFoundError, OSError):
@@ -60,7 +61,7 @@ def resync(tracker, exp_dir: str) -> int:
     tracker.prefill()
     n = 0
     for rec in stored_records(exp_dir):
-        key, epoch = rec["key"], int(rec["epoch"])
+        key = rec["key"]
         state = (tracker._last_epoch.get(key, 0), key in tracker._closed)
         tracker.log_record(rec)
         n += state != (tracker._last_epoch.get(key, 0), key in tracker._closed)
