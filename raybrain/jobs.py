@@ -150,8 +150,7 @@ def _submit(args: argparse.Namespace) -> int:
     sub = build_submission(args)
     address = args.address or default_address()
     client = _client(address)
-    job_id = client.submit_job(entrypoint=sub["entrypoint"], runtime_env=sub["runtime_env"],
-                               submission_id=args.job_id, metadata=sub["metadata"])
+    job_id = _submit_job(client, sub, args.job_id)
     print(f"submitted sweep {sub['name']!r} as Ray Job {job_id} at {address}", flush=True)
     print(f"  raybrain jobs status {job_id} --address {address}\n"
           f"  raybrain jobs logs {job_id} --address {address} --follow\n"
@@ -161,6 +160,20 @@ def _submit(args: argparse.Namespace) -> int:
     status = _follow(client, job_id)
     print(f"job {job_id}: {status}", flush=True)
     return 0 if status == "SUCCEEDED" else 1
+
+
+def _submit_job(client, sub: dict[str, Any], job_id: str | None, wait_s: float = 60.0) -> str:
+    """Submit; a cluster that has just started answers "no available agent" for a while."""
+    deadline = time.time() + wait_s
+    while True:
+        try:
+            return client.submit_job(entrypoint=sub["entrypoint"], runtime_env=sub["runtime_env"],
+                                     submission_id=job_id, metadata=sub["metadata"])
+        except RuntimeError as err:
+            if "No available agent" not in str(err) or time.time() > deadline:
+                line = next((ln for ln in str(err).splitlines() if ln.strip()), "")
+                raise SpecError(f"the Ray Jobs API refused the job: {line}") from None
+            time.sleep(1.0)
 
 
 def _follow(client, job_id: str) -> str:

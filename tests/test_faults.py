@@ -174,3 +174,48 @@ def test_credentials_in_the_tracking_uri_are_refused(tmp_path, write_spec, tiny_
     assert code == 2 and "MLFLOW_TRACKING_PASSWORD" in err
     assert SENTINEL not in err  # not even in the refusal
     assert not (tmp_path / "results").exists()
+
+
+def test_writes_wait_while_mlflow_is_down_and_land_once_it_is_back(tmp_path):
+    """The driver-side writer in isolation: a write that fails goes to the backlog (one
+    line said), later writes queue behind it in order, and draining after the server
+    returns writes each record once."""
+    import json as _json
+
+    from raybrain.sweep.arms import RunSpec
+    from raybrain.sweep.callbacks import MlflowWriter
+    from raybrain.sweep.trial import RECORDS_KEY
+
+    backend = f"sqlite:///{tmp_path}/server.db"
+    Tracker(backend, "raybrain")
+    server = MlflowServer(backend, artifacts_destination=tmp_path / "art").start()
+    port = server.port
+    try:
+        tracker = Tracker(server.url, "raybrain")
+        tracker.open_parent("down", "h", {"task": "b2m-memory"})
+        lines: list[str] = []
+        writer = MlflowWriter(tracker, out=lines.append, retry_s=0.2)
+        spec = RunSpec("down", "b2m-memory", "brain", 0, {"alpha": 0.1}, "real", "c1", "b1")
+
+        def result(epoch, done=False):
+            rec = {"key": spec.key, "run": spec.to_dict(), "epoch": epoch, "done": done,
+                   "metrics": {"test_accuracy": epoch / 10, "epoch": epoch}}
+            if done:
+                rec["summary"] = {"final_test_accuracy": epoch / 10}
+            return {RECORDS_KEY: _json.dumps([rec])}
+
+        writer.on_trial_result(0, [], None, result(1))
+        server.stop()
+        writer.on_trial_result(0, [], None, result(2))
+        writer.on_trial_result(0, [], None, result(3, done=True))
+        assert len(writer.backlog) == 2 and sum("cannot be written" in ln for ln in lines) == 1
+        assert writer.drain(1.0) is False  # still down: nothing lost, nothing written
+        server = MlflowServer(backend, port=port, artifacts_destination=tmp_path / "art").start()
+        assert writer.drain(30.0) is True and writer.backlog == []
+        assert any("MLflow is back" in ln for ln in lines)
+        (run,) = tracker.child_runs()
+        assert run.info.status == "FINISHED"
+        steps = [m.step for m in tracker.client.get_metric_history(run.info.run_id, "test_accuracy")]
+        assert sorted(steps) == [1, 2, 3]
+    finally:
+        server.stop()

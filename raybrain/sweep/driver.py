@@ -72,7 +72,7 @@ def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
             out(f"then: the best {spec.confirm_configs} config(s) re-run for every arm on "
                 f"fresh seeds {spec.confirm_seeds}; the verdict uses those runs")
         return plan
-    from raybrain.sweep.cluster import MLFLOW_HTTP_DEFAULTS, check_tracking_uri
+    from raybrain.sweep.cluster import check_tracking_uri
 
     check_tracking_uri(spec.tracking.uri)
     if address and address.startswith("ray://"):
@@ -84,8 +84,6 @@ def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
 
     from raybrain.sweep.tracking import Tracker
 
-    for key, value in MLFLOW_HTTP_DEFAULTS.items():
-        os.environ.setdefault(key, value)
     storage_uri = storage_root(spec)
     storage = Path(storage_uri) if "://" not in storage_uri else storage_uri
     spec_hash = spec.spec_hash()

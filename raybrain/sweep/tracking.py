@@ -54,9 +54,16 @@ class Tracker:
     """
 
     def __init__(self, tracking_uri: str, experiment: str):
+        import os
+
         import mlflow
         from mlflow.tracking import MlflowClient
 
+        from raybrain.sweep.cluster import MLFLOW_HTTP_DEFAULTS
+
+        # short HTTP retries: the sweep's writer keeps its own backlog (see callbacks.py)
+        for key, value in MLFLOW_HTTP_DEFAULTS.items():
+            os.environ.setdefault(key, value)
         mlflow.set_tracking_uri(tracking_uri)
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
