@@ -72,28 +72,38 @@ def test_submit_refusals_come_first_and_in_one_line(workdir, tmp_path, capsys, w
     assert code == 2 and "needs a job id" in lines[0]
 
 
+def _answers(url: str) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(url, timeout=2)
+    except urllib.error.HTTPError:
+        return True  # up, asking for the auth token
+    except OSError:
+        return False
+    return True
+
+
 @pytest.fixture(scope="module")
 def jobs_api(tmp_path_factory):
     """A Ray started with its dashboard (Ray Jobs API) on 127.0.0.1, next to the session's."""
     tmp = tmp_path_factory.mktemp("jobs")
     temp_dir = f"/tmp/rbjobs-{os.getpid()}"  # short: Ray's unix sockets live under it
     port = free_port()
-    script = tmp / "head.py"
-    script.write_text(
-        "import json, sys, time, ray\n"
-        "ctx = ray.init(address='local', num_cpus=2, include_dashboard=True,\n"
-        "               dashboard_host='127.0.0.1', dashboard_port=int(sys.argv[1]),\n"
-        "               _temp_dir=sys.argv[2], log_to_driver=False)\n"
-        "print(json.dumps({'dashboard': ctx.dashboard_url}), flush=True)\n"
-        "while True:\n    time.sleep(1)\n")
+    # `ray start`, as on a cluster's head, with the dashboard (Jobs API) on loopback; its
+    # agent gets a port of its own (the default 52365 may be held by another Ray here)
+    cmd = [os.path.join(VENV_BIN, "ray"), "start", "--head", "--block", "--num-cpus", "2",
+           "--port", str(free_port()), "--temp-dir", temp_dir, "--include-dashboard", "true",
+           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(port),
+           "--dashboard-agent-listen-port", str(free_port()), "--disable-usage-stats"]
     env = {**os.environ, "PATH": VENV_BIN + os.pathsep + os.environ["PATH"]}
     out = tmp / "head.out"
-    proc = subprocess.Popen([sys.executable, str(script), str(port), temp_dir], env=env,
-                            stdout=open(out, "w"), stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(cmd, env=env, stdout=open(out, "w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
         deadline = time.time() + 90
-        while '"dashboard"' not in out.read_text():
+        while not _answers(f"http://127.0.0.1:{port}/api/version"):
             assert proc.poll() is None and time.time() < deadline, out.read_text()[-2000:]
             time.sleep(0.5)
         yield f"http://127.0.0.1:{port}", port
@@ -115,8 +125,9 @@ def test_a_sweep_runs_as_a_ray_job(jobs_api, workdir, tmp_path, capsys):
     (workdir / ".venv" / "big.bin").write_bytes(b"0" * 1024)
     code = main(["submit", "spec.yaml", "--address", address, "--wait",
                  "--job-id", "raybrain-test-job", "--seeds", "2"])
-    out = capsys.readouterr().out
-    assert code == 0, out[-3000:]
+    captured = capsys.readouterr()
+    out = captured.out
+    assert code == 0, out[-3000:] + captured.err[-2000:]
     assert "submitted sweep 'tiny' as Ray Job raybrain-test-job" in out
     assert "config alpha=0.1" in out and "job raybrain-test-job: SUCCEEDED" in out
     assert main(["jobs", "status", "raybrain-test-job", "--address", address]) == 0

@@ -64,6 +64,7 @@ def test_private_local_ray_and_loopback_dashboard():
     kw = ray_init_kwargs(None, num_cpus=2, dashboard=True)
     # "local": a new instance even when another Ray runs on this machine
     assert kw["address"] == "local" and kw["num_cpus"] == 2
+    assert kw["_node_ip_address"] == "127.0.0.1"  # every port of it on loopback
     assert kw["include_dashboard"] is True and kw["dashboard_host"] == "127.0.0.1"
     assert ray_init_kwargs(None)["include_dashboard"] is False
     assert ray_init_kwargs("auto")["address"] == "auto"

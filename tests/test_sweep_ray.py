@@ -163,11 +163,10 @@ def test_killed_driver_resumes_without_duplicating_runs(ray_session, in_tmp, tin
     path = write_spec(d)
     uri = f"sqlite:///{in_tmp}/mlflow.db"
     proc = subprocess.Popen([sys.executable, "-m", "raybrain.cli", "sweep", str(path),
-                             "--tracking-uri", uri, "--num-cpus", "2", "--dashboard"],
+                             "--tracking-uri", uri, "--num-cpus", "2"],
                             cwd=in_tmp, start_new_session=True,
                             stdout=open(in_tmp / "driver.out", "w"),
                             stderr=open(in_tmp / "driver.err", "w"))
-    dashboard_ips: set[str] = set()
     try:
         # wait until some epochs are in MLflow, then kill the driver and its local Ray
         deadline = time.time() + 240
@@ -189,14 +188,6 @@ def test_killed_driver_resumes_without_duplicating_runs(ray_session, in_tmp, tin
                 continue
             if logged >= 3:
                 break
-        # the dashboard raybrain started (and its Jobs API) listens on loopback only
-        line = next(ln for ln in (in_tmp / "driver.out").read_text().splitlines()
-                    if ln.startswith("Ray dashboard"))
-        port = int(line.rsplit(":", 1)[1])
-        import psutil
-
-        dashboard_ips = {c.laddr.ip for c in psutil.net_connections(kind="inet")
-                         if c.status == "LISTEN" and c.laddr.port == port}
         assert proc.poll() is None, ("the sweep ended before it could be interrupted: "
                                      + (in_tmp / "driver.err").read_text()[-2000:])
         assert logged >= 3
@@ -207,8 +198,6 @@ def test_killed_driver_resumes_without_duplicating_runs(ray_session, in_tmp, tin
     _, parent_before, before = _children(uri, "tiny-resume")
     before_parent = parent_before.info.run_id
     assert any(c.info.status == "RUNNING" for c in before)
-
-    assert dashboard_ips == {"127.0.0.1"}
 
     printed: list[str] = []
     result = run_sweep(parse_spec(d), tracking_uri=uri, out=printed.append, resume=True)

@@ -4,8 +4,8 @@
   environment only) and, for an MLflow server, fails in one line when it cannot be
   reached, before Ray starts or any trial runs.
 * :func:`ray_init_kwargs` starts a private local Ray (``address="local"``: never a
-  cluster some other process left running) whose dashboard, when asked for, listens on
-  127.0.0.1 unless the user names another interface; or joins an existing cluster.
+  cluster some other process left running) on 127.0.0.1, whose dashboard, when asked
+  for, listens on 127.0.0.1 unless the user names another interface; or joins a cluster.
 * :func:`capacity` is what the cluster has now or can scale to: its autoscaler's node
   types count, so on a cluster scaled to zero GPU workers GPU trials are planned, queue,
   and their pending demand makes the autoscaler add nodes.
@@ -69,8 +69,11 @@ def ray_init_kwargs(address: str | None, num_cpus: int | None = None,
 
     kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
     if address is None:
+        # loopback only: a laptop's private Ray is nobody else's business, and its ports
+        # (the dashboard agent's fixed 52365 among them) do not collide with a Ray that
+        # another process runs on this machine's network address
         kwargs.update(address="local", num_cpus=num_cpus or os.cpu_count(),
-                      include_dashboard=dashboard)
+                      include_dashboard=dashboard, _node_ip_address="127.0.0.1")
         if dashboard:
             kwargs["dashboard_host"] = dashboard_host
     else:

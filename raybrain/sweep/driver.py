@@ -114,8 +114,10 @@ def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
 
         context = ray.init(**ray_init_kwargs(address, num_cpus, dashboard, dashboard_host))
         started_ray = True
-        if dashboard and address is None and context.dashboard_url:
-            out(f"Ray dashboard (and Jobs API): http://{context.dashboard_url}")
+        if dashboard and address is None:
+            out(f"Ray dashboard (and Jobs API): http://{context.dashboard_url}"
+                if context.dashboard_url else "the Ray dashboard did not start (see Ray's "
+                "log under /tmp/ray/session_latest/logs); the sweep goes on without it")
     for logger in ("ray", "ray.tune", "ray.train"):
         logging.getLogger(logger).setLevel(logging.WARNING)
     # per-epoch MLflow writes of a lockstep trial take ~0.5 s; Tune's "slow callback" hints
