@@ -22,11 +22,15 @@ from typing import Any
 
 from raybrain.errors import SpecError
 
-#: never shipped with the working directory: environments, results, stores, caches
+#: never shipped with the working directory: environments, results, stores (and SQLite's
+#: journal files), caches, and files that hold secrets (``mlflow.env`` of clusters/README.md,
+#: ``.env``, keys): the package is stored in the cluster's GCS and unpacked on its nodes
 EXCLUDES = [".venv", "venv", ".git", "raybrain_results", "raybrain_report", "mlruns",
-            "mlartifacts", "*.db", "__pycache__", "*.pyc", ".pytest_cache", "tests/artifacts",
-            "bench/results"]
+            "mlartifacts", "*.db", "*.db-journal", "*.db-wal", "*.db-shm", "__pycache__",
+            "*.pyc", ".pytest_cache", "*.egg-info", "tests/artifacts", "bench/results",
+            ".env", ".env.*", "*.env", ".netrc", "*.pem", "*.key", ".raybrain"]
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+ACTIVE = ("PENDING", "RUNNING")
 
 
 def default_address() -> str:
@@ -38,6 +42,8 @@ def default_address() -> str:
 
 
 def add_jobs_subparsers(sub) -> None:
+    from raybrain.cli import _positive_int  # the sweep command's own check, so no job fails on it
+
     s = sub.add_parser("submit", help="run a sweep spec as a Ray Job on a cluster")
     s.add_argument("spec", help="sweep spec YAML, inside the working directory")
     s.add_argument("--address", default=None,
@@ -47,8 +53,8 @@ def add_jobs_subparsers(sub) -> None:
     s.add_argument("--tracking-uri", help="MLflow server the cluster reaches (http://...)")
     s.add_argument("--storage-path", help="shared storage for Tune state and checkpoints")
     s.add_argument("--name", help="sweep name (default: the spec's)")
-    s.add_argument("--seeds", type=int, help="number of seeds per arm")
-    s.add_argument("--max-configs", type=int, help="run at most this many configs")
+    s.add_argument("--seeds", type=_positive_int, help="number of seeds per arm")
+    s.add_argument("--max-configs", type=_positive_int, help="run at most this many configs")
     s.add_argument("--resume", action="store_true", help="the sweep must exist; continue it")
     s.add_argument("--job-id", help="submission id (default: chosen by Ray)")
     s.add_argument("--wait", action="store_true",
@@ -70,7 +76,7 @@ def _client(address: str):
                         f"http://HEAD:8265 (the dashboard port)")
     from raybrain.sweep.remote import use_ray_token
 
-    use_ray_token()
+    use_ray_token(address)
     try:
         urllib.request.urlopen(address.rstrip("/") + "/api/version", timeout=5)  # noqa: S310
     except urllib.error.HTTPError:
@@ -99,19 +105,63 @@ def _relative_uri(uri: str) -> bool:
     return "://" not in uri and not uri.startswith("/")
 
 
-def build_submission(args: argparse.Namespace, out=print) -> dict[str, Any]:
-    """Validate everything locally; return the job's entrypoint and runtime environment."""
+def _warn(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr, flush=True)
+
+
+def _data_paths(data: Any, key: str = "data"):
+    """``(key, value)`` of every string under a ``*path*``/``*file*`` key of the data section."""
+    if isinstance(data, dict):
+        for k, v in data.items():
+            if isinstance(v, str) and ("path" in str(k) or "file" in str(k)):
+                yield f"{key}.{k}", v
+            else:
+                yield from _data_paths(v, f"{key}.{k}")
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            yield from _data_paths(v, f"{key}[{i}]")
+
+
+def _check_data_paths(spec, source: str, workdir: Path) -> None:
+    """Data files travel with the working directory, or sit where the cluster sees them."""
+    for key, value in _data_paths(spec.data):
+        if "://" in value:
+            continue
+        path = Path(value).expanduser()
+        if path.is_absolute():
+            _warn(f"{source}: {key} {value} is read on the cluster: it must exist at that "
+                  f"path on the node that runs each trial (a shared filesystem)")
+            continue
+        if not (workdir / path).resolve().is_relative_to(workdir):
+            raise SpecError(f"{source}: {key} {value!r} lies outside the working directory "
+                            f"{str(workdir)!r}, which is all the job receives; move the file "
+                            f"into it or give a path every cluster node sees")
+
+
+def build_submission(args: argparse.Namespace, out=None) -> dict[str, Any]:
+    """Validate everything locally; return the job's entrypoint and runtime environment.
+
+    The spec is validated from the working directory, as the job will see it there:
+    relative data paths resolve the same way here and on the cluster.
+    """
     from raybrain.sweep import load_spec, run_sweep
     from raybrain.sweep.cluster import check_tracking_uri
 
+    out = out or _warn
     workdir = Path(args.working_dir).resolve()
     spec_path = Path(args.spec).resolve()
     if not workdir.is_dir():
         raise SpecError(f"--working-dir {str(workdir)!r} is not a directory")
     spec = load_spec(spec_path)
-    run_sweep(spec, source=args.spec, tracking_uri=args.tracking_uri,
-              storage_path=args.storage_path, name=args.name, seeds=args.seeds,
-              max_configs=args.max_configs, dry_run=True, out=lambda line: None)
+    _check_data_paths(spec, args.spec, workdir)
+    here = os.getcwd()
+    os.chdir(workdir)
+    try:
+        run_sweep(spec, source=args.spec, tracking_uri=args.tracking_uri,
+                  storage_path=args.storage_path, name=args.name, seeds=args.seeds,
+                  max_configs=args.max_configs, dry_run=True, out=lambda line: None)
+    finally:
+        os.chdir(here)
     try:
         rel = spec_path.relative_to(workdir)
     except ValueError:
@@ -130,7 +180,7 @@ def build_submission(args: argparse.Namespace, out=print) -> dict[str, Any]:
                         f"vanish with its temporary working directory; set storage.path in the "
                         f"spec (or --storage-path) to a shared path or s3://BUCKET/raybrain")
     if not uri.startswith(("http://", "https://", "databricks")):
-        out(f"warning: tracking URI {uri} is a path on the cluster's head node; it must be "
+        out(f"tracking URI {uri} is a path on the cluster's head node; it must be "
             f"on a filesystem the head node shares")
     check_tracking_uri(uri)  # credentials in it are refused; a server must answer
     cmd = ["raybrain", "sweep", rel.as_posix(), "--address", "auto"]
@@ -150,6 +200,7 @@ def _submit(args: argparse.Namespace) -> int:
     sub = build_submission(args)
     address = args.address or default_address()
     client = _client(address)
+    _refuse_running(client, sub["name"], address)
     job_id = _submit_job(client, sub, args.job_id)
     print(f"submitted sweep {sub['name']!r} as Ray Job {job_id} at {address}", flush=True)
     print(f"  raybrain jobs status {job_id} --address {address}\n"
@@ -157,9 +208,43 @@ def _submit(args: argparse.Namespace) -> int:
           f"  raybrain jobs stop {job_id} --address {address}", flush=True)
     if not args.wait:
         return 0
-    status = _follow(client, job_id)
+    status = _follow_or_detach(client, job_id, address)
+    if status is None:
+        return 130
     print(f"job {job_id}: {status}", flush=True)
     return 0 if status == "SUCCEEDED" else 1
+
+
+def _refuse_running(client, name: str, address: str) -> None:
+    """Two drivers of one sweep would race on its Tune state and its MLflow runs."""
+    try:
+        jobs = client.list_jobs()
+    except (RuntimeError, OSError) as err:
+        line = next((ln for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+        raise SpecError(f"the Ray Jobs API at {address} could not list its jobs: {line}") from None
+    for job in jobs:
+        if (job.metadata or {}).get("raybrain.sweep") == name and str(job.status) in ACTIVE:
+            job_id = job.submission_id or job.job_id
+            raise SpecError(f"sweep {name!r} is already {str(job.status).lower()} as Ray Job "
+                            f"{job_id} at {address}; follow it (raybrain jobs logs {job_id} "
+                            f"--follow) or stop it (raybrain jobs stop {job_id}) before "
+                            f"submitting it again")
+
+
+def _follow_or_detach(client, job_id: str, address: str) -> str | None:
+    """Follow the job; on Ctrl-C leave it running (None) and say how to find it again."""
+    try:
+        return _follow(client, job_id)
+    except KeyboardInterrupt:
+        print(f"stopped following; job {job_id} keeps running on the cluster: "
+              f"raybrain jobs logs {job_id} --address {address} --follow, or "
+              f"raybrain jobs stop {job_id} --address {address}", file=sys.stderr, flush=True)
+        return None
+    except (RuntimeError, OSError) as err:
+        line = next((ln for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+        raise SpecError(f"lost the Ray Jobs API at {address} while following job {job_id} "
+                        f"({line}); the job may still run: raybrain jobs status {job_id} "
+                        f"--address {address}") from None
 
 
 def _submit_job(client, sub: dict[str, Any], job_id: str | None, wait_s: float = 60.0) -> str:
@@ -212,7 +297,9 @@ def _jobs(args: argparse.Namespace) -> int:
         return 0
     if args.action == "logs":
         if args.follow:
-            status = _follow(client, args.job_id)
+            status = _follow_or_detach(client, args.job_id, address)
+            if status is None:
+                return 130
             print(f"job {args.job_id}: {status}")
         else:
             sys.stdout.write(client.get_job_logs(args.job_id))

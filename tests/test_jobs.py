@@ -143,3 +143,135 @@ def test_a_sweep_runs_as_a_ray_job(jobs_api, workdir, tmp_path, capsys):
     # 2 configs x (brain, shuffled, noise) x 2 seeds + (2 l2 + none) x 2 seeds
     assert len(runs) == 18 and {r.info.status for r in runs} == {"FINISHED"}
     assert json.loads(parent.data.params["seeds"]) == 2
+
+
+# --- what is sent, and what is not: a fake Jobs API records the submission ----------------
+class _FakeJob:
+    def __init__(self, submission_id, status, metadata):
+        self.submission_id, self.job_id, self.status = submission_id, None, status
+        self.metadata, self.entrypoint = metadata, "raybrain sweep ..."
+
+
+class _FakeClient:
+    def __init__(self, jobs=(), statuses=("SUCCEEDED",)):
+        self.jobs, self.statuses, self.submitted = list(jobs), list(statuses), []
+
+    def list_jobs(self):
+        return self.jobs
+
+    def submit_job(self, **kwargs):
+        self.submitted.append(kwargs)
+        return kwargs["submission_id"] or "raysubmit_fake"
+
+    def get_job_status(self, job_id):
+        status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+        if isinstance(status, BaseException):
+            raise status
+        return status
+
+    def get_job_logs(self, job_id):
+        return "sweep 'tiny' search stage\n"
+
+
+@pytest.fixture
+def fake_api(monkeypatch):
+    import raybrain.jobs
+
+    def install(client):
+        monkeypatch.setattr(raybrain.jobs, "_client", lambda address: client)
+        return client
+    return install
+
+
+@pytest.mark.unit
+def test_submit_sends_entrypoint_package_and_metadata_and_no_secrets(workdir, capsys, fake_api,
+                                                                     monkeypatch):
+    import shlex
+
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "hunter2-secret")
+    (workdir / "mlflow.env").write_text("MLFLOW_TRACKING_PASSWORD=hunter2-secret\n")
+    client = fake_api(_FakeClient())
+    code = main(["submit", "spec.yaml", "--address", "http://head:8265", "--name", "tiny-2",
+                 "--seeds", "4", "--max-configs", "1", "--resume", "--job-id", "j1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    (sub,) = client.submitted
+    assert shlex.split(sub["entrypoint"]) == [
+        "raybrain", "sweep", "spec.yaml", "--address", "auto", "--name", "tiny-2", "--seeds",
+        "4", "--max-configs", "1", "--resume"]
+    assert sub["runtime_env"]["working_dir"] == str(workdir)
+    assert set(sub["runtime_env"]) == {"working_dir", "excludes"}  # no env_vars: no secrets
+    assert sub["metadata"] == {"raybrain.sweep": "tiny-2", "raybrain.spec": "spec.yaml"}
+    assert sub["submission_id"] == "j1"
+    assert "hunter2" not in repr(sub)
+    assert "raybrain jobs status j1 --address http://head:8265" in out
+    assert "raybrain jobs logs j1 --address http://head:8265" in out
+
+
+@pytest.mark.unit
+def test_shipped_package_leaves_out_secrets_stores_and_environments(tmp_path):
+    """Ray's own packager (what submit_job uploads) with raybrain's excludes."""
+    import zipfile
+
+    from ray._private.runtime_env.packaging import create_package
+
+    from raybrain.jobs import EXCLUDES
+
+    wd = tmp_path / "wd"
+    for rel in ["spec.yaml", "data/brain.npz", "mlflow.env", ".env", "mlflow.db",
+                "mlflow.db-journal", ".venv/lib/x.py", ".git/config", "raybrain_results/a",
+                "raybrain_report/tiny/index.html", "raybrain.egg-info/PKG-INFO", "pkg/m.pyc"]:
+        (wd / rel).parent.mkdir(parents=True, exist_ok=True)
+        (wd / rel).write_text("x")
+    create_package(str(wd), tmp_path / "pkg.zip", include_gitignore=True, excludes=EXCLUDES)
+    names = {n for n in zipfile.ZipFile(tmp_path / "pkg.zip").namelist() if not n.endswith("/")}
+    assert names == {"spec.yaml", "data/brain.npz"}
+
+
+@pytest.mark.unit
+def test_submit_refuses_a_sweep_that_is_already_running(workdir, capsys, fake_api):
+    client = fake_api(_FakeClient(jobs=[_FakeJob("old", "SUCCEEDED", {"raybrain.sweep": "tiny"}),
+                                        _FakeJob("live", "RUNNING", {"raybrain.sweep": "tiny"})]))
+    code, lines, _ = _err(capsys, ["submit", "spec.yaml", "--address", "http://head:8265"])
+    assert code == 2 and len(lines) == 1
+    assert "sweep 'tiny' is already running as Ray Job live" in lines[0]
+    assert "raybrain jobs stop live" in lines[0] and client.submitted == []
+    # another sweep's live job is no obstacle
+    code, _, _ = _err(capsys, ["submit", "spec.yaml", "--address", "http://head:8265",
+                               "--name", "other"])
+    assert code == 0 and len(client.submitted) == 1
+
+
+@pytest.mark.unit
+def test_ctrl_c_while_waiting_leaves_the_job_running(workdir, capsys, fake_api):
+    fake_api(_FakeClient(statuses=["RUNNING", KeyboardInterrupt()]))
+    code = main(["submit", "spec.yaml", "--address", "http://head:8265", "--wait",
+                 "--job-id", "j2"])
+    err = capsys.readouterr().err
+    assert code == 130
+    assert "job j2 keeps running" in err and "raybrain jobs stop j2" in err
+    assert "run the same command again" not in err  # that would submit a second driver
+    fake_api(_FakeClient(statuses=["RUNNING", "FAILED"]))
+    assert main(["submit", "spec.yaml", "--address", "http://head:8265", "--wait"]) == 1
+    assert "job raysubmit_fake: FAILED" in capsys.readouterr().out
+
+
+@pytest.mark.unit
+def test_submit_refuses_data_outside_the_working_dir_and_bad_counts(workdir, capsys, fake_api,
+                                                                     tiny_spec_dict, tmp_path):
+    import yaml
+
+    client = fake_api(_FakeClient())
+    d = yaml.safe_load((workdir / "spec.yaml").read_text())
+    d["data"] = {**d["data"], "source": "npz", "path": "../brain.npz"}
+    (tmp_path / "brain.npz").write_bytes(b"")  # exists here, would not exist on the cluster
+    (workdir / "npz.yaml").write_text(yaml.safe_dump(d))
+    code, lines, _ = _err(capsys, ["submit", "npz.yaml", "--address", "http://head:8265"])
+    assert code == 2 and len(lines) == 1
+    assert "data.path '../brain.npz' lies outside the working directory" in lines[0]
+    # counts the sweep command would refuse are refused here, before any upload
+    for flag in ("--max-configs", "--seeds"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["submit", "spec.yaml", "--address", "http://head:8265", flag, "0"])
+        assert exit_.value.code == 2
+    assert client.submitted == []

@@ -69,3 +69,17 @@ def test_private_local_ray_and_loopback_dashboard():
     assert ray_init_kwargs(None)["include_dashboard"] is False
     assert ray_init_kwargs("auto")["address"] == "auto"
     assert "num_cpus" not in ray_init_kwargs("auto")
+
+
+def test_the_ray_token_is_only_offered_to_this_machine(monkeypatch, tmp_path):
+    import os
+
+    from raybrain.sweep.remote import use_ray_token
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "token"))
+    use_ray_token("ray://head.example.org:10001")
+    use_ray_token("http://10.0.0.5:8265")
+    assert "RAY_AUTH_MODE" not in os.environ  # a remote host gets no token unasked
+    use_ray_token("http://127.0.0.1:8265")
+    assert os.environ["RAY_AUTH_MODE"] == "token"

@@ -33,18 +33,24 @@ def check_remote_paths(spec, where: str) -> None:
             f"a path every node sees (NFS) or an object store URI (s3://BUCKET/raybrain)")
 
 
-def use_ray_token() -> None:
+def use_ray_token(address: str) -> None:
     """Present the Ray auth token, when there is one, to a cluster that asks for it.
 
     Ray 2.60 heads enable token authentication when a token exists, while Ray Client
     only sends it with ``RAY_AUTH_MODE=token``. The token itself stays where Ray reads it
     (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``); raybrain never
-    reads, prints or logs it.
+    reads, prints or logs it. Only for a loopback address (this machine, or an SSH tunnel
+    such as ``ray dashboard``): a token is not sent to another host unless the user sets
+    ``RAY_AUTH_MODE=token`` themselves.
     """
     import os
     from pathlib import Path
+    from urllib.parse import urlsplit
 
     if "RAY_AUTH_MODE" in os.environ:
+        return
+    host = urlsplit(address if "://" in address else f"//{address}").hostname or ""
+    if host not in ("127.0.0.1", "localhost", "::1"):
         return
     if (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
             or (Path.home() / ".ray" / "auth_token").is_file()):
@@ -84,7 +90,7 @@ def run_remote(spec, address: str, out: Callable[[str], None], *, max_configs: i
 
     check_remote_paths(spec, f"with --address {address}")
     t0 = time.time()
-    use_ray_token()
+    use_ray_token(address)
     for attempt in (1, 2):
         try:
             ray.init(address=address, log_to_driver=False)
