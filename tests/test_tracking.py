@@ -59,7 +59,7 @@ def test_changed_spec_is_refused(tracker):
 
 
 def test_no_brain_data_or_raw_paths_in_parent(tracker, tmp_path):
-    from raybrain.sweep.privacy import pseudonym
+    from raybrain.privacy import pseudonym
 
     secret = str(tmp_path / "participant-07" / "brain.npz")
     pid = tracker.open_parent("sw", "h", {"task": "b2m-memory",

@@ -417,7 +417,7 @@ def _trial_dirname(trial) -> str:
 
 def tracked_spec(spec: Spec, task) -> dict[str, Any]:
     """The spec as logged to tracking: data paths and personal params as pseudonyms."""
-    from raybrain.sweep.privacy import pseudonym
+    from raybrain.privacy import pseudonym
 
     d = json.loads(spec.model_dump_json())
     if d["data"].get("path"):

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from raybrain.sweep.arms import RunSpec
-from raybrain.sweep.privacy import pseudonym
+from raybrain.privacy import pseudonym
 
 PARENT_TAG = "raybrain.sweep"
 KEY_TAG = "raybrain.run_key"

@@ -1,4 +1,4 @@
-"""Pseudonyms for participant ids and file paths in tracking.
+"""Pseudonyms for participant ids and file paths in everything raybrain writes.
 
 A keyed hash (HMAC-SHA256) whose key lives outside the tracking store: in the file named
 by ``RAYBRAIN_PSEUDONYM_KEY_FILE`` (default ``~/.raybrain/pseudonym.key``, created with
