@@ -7,6 +7,8 @@ or any MLflow run exists), runs the sweep with live progress and prints the verd
 MLflow store in the MLflow UI and prints the experiment's (and the sweep's) URL.
 ``raybrain submit SPEC --address http://HEAD:8265`` runs a sweep as a Ray Job on a cluster;
 ``raybrain jobs status|logs|stop|list [ID]`` follows it.
+``raybrain data prepare SPEC`` reads, cleans and caches a spec's brain data;
+``raybrain data inspect FILE...`` prints the shapes and rates of brain-data files.
 ``raybrain report SWEEP [--out DIR]`` draws the sweep's figures and verdict into one HTML
 page and logs them on the sweep's parent run.
 """
@@ -55,7 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     from raybrain.analysis.report import add_report_subparser
     from raybrain.jobs import add_jobs_subparsers
 
+    from raybrain.data_command import add_data_subparsers
+
     add_report_subparser(sub)
+    add_data_subparsers(sub)
     add_jobs_subparsers(sub)
     u = sub.add_parser("ui", help="serve the MLflow store in the MLflow UI until Ctrl-C")
     u.add_argument("--tracking-uri", default="sqlite:///mlflow.db",
@@ -143,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
             from raybrain.jobs import run_jobs_command
 
             return run_jobs_command(args)
+        if args.command == "data":
+            from raybrain.data_command import run_data_command
+
+            return run_data_command(args)
         if args.command == "report":
             from raybrain.analysis.report import run_report_command
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from raybrain.analysis import stats
+from raybrain.tasks.base import validation_metric
 
 CONTROL_ORDER = ("shuffled", "noise")
 ALIGN_METRICS = ("align_cka", "align_rsa")
@@ -92,7 +93,7 @@ def runs_to_records(runs, primary: str, stage: str | None = None) -> list[dict[s
             "final": m.get(f"final_{primary}", math.nan),
             "area": m.get(f"final_{primary}_auc", math.nan),
             "best": m.get(f"best_{primary}", math.nan),
-            "val": m.get("final_val_accuracy", math.nan),
+            "val": m.get(f"final_{validation_metric(primary)}", math.nan),
             "diverged": bool(diverged),
             "baseline": t.get("raybrain.brain_source", "None") == "None",
         }

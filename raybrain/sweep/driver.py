@@ -84,6 +84,9 @@ def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
 
     from raybrain.sweep.tracking import Tracker
 
+    trial_data, lines, brain_files = task.prepare(checked["data"])
+    for line in lines:
+        out(line)
     storage_uri = storage_root(spec)
     storage = Path(storage_uri) if "://" not in storage_uri else storage_uri
     spec_hash = spec.spec_hash()
@@ -95,6 +98,9 @@ def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
                         f"Tune experiment under {storage_uri}); check --name and the spec's "
                         f"storage.path, or run without --resume to start it")
     parent_id = tracker.open_parent(spec.name, spec_hash, tracked_spec(spec, task))
+    if spec.tracking.log_brain_data:
+        for path in brain_files:
+            tracker.client.log_artifact(parent_id, path, "brain_data")
     # the driver may have died while MLflow was down: write what Tune's results hold first
     from raybrain.sweep.resync import resync
 
@@ -126,6 +132,8 @@ def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
     try:
         runner = _StageRunner(spec, task, tracker, storage, spec_hash, finished, out,
                               local=started_ray and address is None)
+        if trial_data is not None:
+            runner.trial_data = trial_data
         out(plan.describe().splitlines()[0])
         out(f"execution: {runner.execution}")
         tracker.client.set_tag(parent_id, "raybrain.execution", runner.execution)
@@ -198,6 +206,8 @@ class _StageRunner:
         self.spec, self.task, self.tracker, self.storage = spec, task, tracker, storage
         self.spec_hash, self.finished, self.out = spec_hash, finished, out
         self.wait_s = spec.tracking.wait_s
+        #: the data section trials receive (the task's prepared one, else the spec's)
+        self.trial_data = spec.data
         self._ledgers: dict[str, Any] = {}
         res = spec.resources
         self.capacity = capacity(autoscaling=not local)
@@ -246,7 +256,7 @@ class _StageRunner:
 
         spec, res = self.spec, self.spec.resources
         exp_dir = _join(self.storage, name)
-        ctx = {"sweep": spec.name, "task": spec.task, "data": spec.data,
+        ctx = {"sweep": spec.name, "task": spec.task, "data": self.trial_data,
                "data_seed": spec.data_seed, "fixed": spec.fixed(), "arms": spec.arms.include,
                "arms_spec": spec.arms, "seeds": plan.seeds, "stage": plan.stage,
                "metric": spec.search.metric, "objective": spec.search.objective,
@@ -420,8 +430,7 @@ def tracked_spec(spec: Spec, task) -> dict[str, Any]:
     from raybrain.privacy import pseudonym
 
     d = json.loads(spec.model_dump_json())
-    if d["data"].get("path"):
-        d["data"]["path"] = pseudonym(str(Path(d["data"]["path"]).resolve()), "file")
+    d["data"] = _pseudonymise_data(d["data"])
     for name, param in task.params.items():
         if param.personal and name in d["params"]:
             value = d["params"][name]
@@ -431,6 +440,27 @@ def tracked_spec(spec: Spec, task) -> dict[str, Any]:
             else:
                 d["params"][name] = pseudonym(str(value), name)
     return d
+
+
+#: keys of a data section whose values are file or folder paths (logged as pseudonyms)
+PATH_KEYS = ("path", "eeg", "frames", "cache_dir", "synthetic_dir", "labels_path",
+             "mask_path", "words_path")
+
+
+def _pseudonymise_data(value: Any, key: str = "") -> Any:
+    """Data section with paths and participant ids replaced by keyed pseudonyms."""
+    from raybrain.privacy import pseudonym
+
+    if isinstance(value, dict):
+        return {k: _pseudonymise_data(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_pseudonymise_data(v, key) for v in value]
+    if isinstance(value, str) and value:
+        if key in PATH_KEYS or key.endswith(("_path", "_file")):
+            return pseudonym(str(Path(value).expanduser().resolve()), "file")
+        if key in ("participant", "participants", "subject"):
+            return pseudonym(value, "participant")
+    return value
 
 
 def _check_stored_spec(storage, name: str, spec_hash: str) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from raybrain.sweep.arms import RunSpec
+from raybrain.tasks.base import validation_metric
 
 
 class RunProgress:
@@ -33,8 +34,9 @@ class RunProgress:
     """
 
     def __init__(self, spec: RunSpec, run, primary: str,
-                 divergence: tuple[str, float] | None = None):
+                 divergence: tuple[str, float] | None = None, mode: str = "max"):
         self.spec, self.run, self.primary, self.divergence = spec, run, primary, divergence
+        self.mode = mode
         self.history: dict[str, list[float]] = {}
         self.diverged = False
         #: why the run failed (``"ExcType: message"``), or None
@@ -50,7 +52,8 @@ class RunProgress:
         if not all(math.isfinite(v) for v in metrics.values()):
             # non-finite loss: the run cannot recover; stop it and flag it
             self.diverged = True
-            metrics.update({k: float("nan") for k in ("test_accuracy", "val_accuracy")})
+            metrics.update({k: float("nan") for k in (self.primary,
+                                                      validation_metric(self.primary))})
         else:
             metrics.update(self.run.evaluate())
         for k, v in metrics.items():
@@ -80,8 +83,9 @@ class RunProgress:
                 continue
             out[f"final_{k}"] = vals[-1]
             finite = [v for v in vals if math.isfinite(v)]
-            if k.endswith("accuracy") and finite:
-                out[f"best_{k}"] = max(finite)
+            if finite and (k.endswith("accuracy") or k == self.primary):
+                better = max if (k.endswith("accuracy") or self.mode == "max") else min
+                out[f"best_{k}"] = better(finite)
         return out
 
     def record(self, metrics: dict[str, float]) -> dict[str, Any]:
@@ -149,7 +153,7 @@ class ConfigExecutor:
     def __init__(self, task, data, runs: list[RunSpec], primary: str, device: str = "cpu"):
         self.progress = [
             RunProgress(r, task.build(data, r.params, r.brain_source, r.seed, device), primary,
-                        divergence_rule(task))
+                        divergence_rule(task), task.primary_mode)
             for r in runs
         ]
 

@@ -22,6 +22,7 @@ from raybrain.sweep.execute import ConfigExecutor, aggregate_objective
 from raybrain.sweep.plan import choose_configs, make_plan
 from raybrain.sweep.spec import Spec, validate_spec
 from raybrain.sweep.trial import plan_trial_runs
+from raybrain.tasks.base import validation_metric
 
 
 def _ctx(spec: Spec, seeds: list[int], stage: str) -> dict[str, Any]:
@@ -40,7 +41,7 @@ def _record(progress) -> dict[str, Any]:
            "final": summary.get(f"final_{prim}", math.nan),
            "area": summary.get(f"final_{prim}_auc", math.nan),
            "best": summary.get(f"best_{prim}", math.nan),
-           "val": summary.get("final_val_accuracy", math.nan),
+           "val": summary.get(f"final_{validation_metric(prim)}", math.nan),
            "diverged": bool(summary["diverged"]), "baseline": spec.is_baseline}
     for a in ALIGN_METRICS:
         rec[a] = summary.get(f"final_{a}", math.nan)

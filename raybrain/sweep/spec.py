@@ -103,6 +103,9 @@ class TrackingSpec(_Strict):
     #: at the end of a stage, wait this long for an unreachable MLflow before giving up
     #: (nothing is lost: ``--resume`` writes the rest later)
     wait_s: float = Field(300.0, ge=0)
+    #: log the prepared brain data (raw neural data) as artifacts of the sweep's parent run;
+    #: off by default: brain data is personal data
+    log_brain_data: bool = False
 
 
 class StorageSpec(_Strict):

@@ -44,7 +44,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     run = task.build(data, spec.params, spec.brain_source, spec.seed, device=str(device))
     if world > 1:
         run.wrap_model(ray.train.torch.prepare_model)
-    progress = RunProgress(spec, run, config["primary_metric"], divergence_rule(task))
+    progress = RunProgress(spec, run, config["primary_metric"], divergence_rule(task),
+                           task.primary_mode)
     node_id = ray.get_runtime_context().get_node_id()
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from raybrain.registry import Registry
-from raybrain.tasks.base import BRAIN_SOURCES, Param, Task, TaskRun
+from raybrain.tasks.base import BRAIN_SOURCES, Param, Task, TaskRun, validation_metric
 
 TASKS: Registry[type[Task]] = Registry("task")
 
@@ -34,7 +34,8 @@ def names() -> list[str]:
 
 
 def _load_builtin() -> None:
-    from raybrain.tasks import b2m_memory  # noqa: F401
+    from raybrain.tasks import b2m_driving, b2m_memory  # noqa: F401
 
 
-__all__ = ["BRAIN_SOURCES", "Param", "Task", "TaskRun", "TASKS", "get", "names", "register"]
+__all__ = ["BRAIN_SOURCES", "Param", "Task", "TaskRun", "TASKS", "get", "names", "register",
+           "validation_metric"]

@@ -26,6 +26,15 @@ from pydantic import BaseModel
 BRAIN_SOURCES = ("real", "shuffled", "noise")
 
 
+def validation_metric(primary: str) -> str:
+    """The validation twin of a test metric: ``test_accuracy`` -> ``val_accuracy``.
+
+    Every task's :meth:`TaskRun.evaluate` returns both; the best L2 arm is chosen on the
+    validation one (never on the test data).
+    """
+    return "val_" + primary.removeprefix("test_")
+
+
 @dataclass(frozen=True)
 class Param:
     """One knob of a task.
@@ -139,6 +148,24 @@ class Task(ABC):
     def build(self, data: Any, params: dict[str, Any], brain_source: str | None,
               seed: int, device: str = "cpu") -> TaskRun:
         """Build one run. ``seed`` fixes model initialisation and data order."""
+
+    def prepare(self, data: BaseModel) -> tuple[dict[str, Any] | None, list[str], list[str]]:
+        """Prepare the brain data once, in the sweep's driver, before any trial starts.
+
+        Tasks that read recordings do the slow part here (read, clean, cache) so that
+        trials find it cached and bad files fail before any compute is spent.
+
+        Returns
+        -------
+        data : dict or None
+            The data section trials receive (e.g. paths made absolute); None: the spec's.
+        lines : list of str
+            What was prepared (shapes, rates, cache), printed by the CLI.
+        files : list of str
+            Prepared brain-data files, logged to tracking only when the spec opts in
+            (``tracking.log_brain_data``).
+        """
+        return None, [], []
 
     def defaults(self) -> dict[str, Any]:
         return {k: p.default for k, p in self.params.items()}
