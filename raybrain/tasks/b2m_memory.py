@@ -13,6 +13,7 @@ step (context bins have no brain data and are masked out).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -49,8 +50,19 @@ class MemoryData(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    source: Literal["synthetic", "npz"] = "synthetic"
+    source: Literal["synthetic", "npz", "spikes"] = "synthetic"
     path: str | None = None
+    #: spikes: one spike file per session (raybrain.data.spikes layout, with the episode
+    #: sequences); aligned, filtered and embedded by multi-session CEBRA, once, cached
+    spikes: list[str] = []
+    cebra_dimension: int = Field(7, ge=1)
+    cebra_iterations: int = Field(15000, ge=1)
+    cebra_batch_size: int = Field(512, ge=2)
+    cebra_device: str = "cpu"
+    cebra_learning_rate: float = Field(3e-4, gt=0)
+    #: seconds of pre-stimulus window (split into pre_bins bins; the paper: 1 s, 100 bins)
+    pre_s: float = Field(1.0, gt=0)
+    cache_dir: str | None = None
     generator: Literal["informative", "null"] = "informative"
     snr: float = Field(1.0, gt=0)
     n_train_episodes: int = Field(50, ge=2)
@@ -82,6 +94,9 @@ class MemoryData(BaseModel):
     def _check(self):
         if self.source == "npz" and not self.path:
             raise ValueError("data.source 'npz' needs data.path (the .npz file of brain embeddings)")
+        if self.source == "spikes" and not self.spikes:
+            raise ValueError("data.source 'spikes' needs data.spikes: a list of spike files, "
+                             "one per session")
         if self.min_steps > self.max_steps:
             raise ValueError(f"data.min_steps <= data.max_steps must hold, got "
                              f"({self.min_steps}, {self.max_steps})")
@@ -198,17 +213,57 @@ class B2MMemory(Task):
 
     def check_data(self, data: MemoryData, params: dict[str, Any]) -> None:
         embed_dims = params.get("embed_dim", [self.params["embed_dim"].default])
+        if data.source == "spikes":
+            from raybrain.data.spikes import load_spikes
+
+            bad = [int(d) for d in embed_dims if int(d) != data.cebra_dimension]
+            if bad:
+                raise SpecError(f"params.embed_dim {bad[0]} differs from data.cebra_dimension "
+                                f"{data.cebra_dimension}; the model's embedding must match the "
+                                f"CEBRA embedding it is aligned with")
+            for f in data.spikes:
+                load_spikes(f)
         if data.source == "npz":
             for dim in embed_dims:
                 load_memory_npz(data.path, data.task_config(), expected_dim=int(dim))
 
+    def _spike_embeddings(self, data: MemoryData):
+        from raybrain.data.memory_spikes import prepare_memory_embeddings
+
+        return prepare_memory_embeddings(
+            data.spikes, data.task_config(), output_dimension=data.cebra_dimension,
+            max_iterations=data.cebra_iterations, batch_size=data.cebra_batch_size,
+            device=data.cebra_device, learning_rate=data.cebra_learning_rate, pre_s=data.pre_s,
+            cache_dir=data.cache_dir)
+
+    def prepare(self, data: MemoryData):
+        """Spike sessions: align, filter and CEBRA-embed them once, before any trial."""
+        if data.source != "spikes":
+            return None, [], []
+        entry = self._spike_embeddings(data)
+        d = data.model_dump()
+        d["spikes"] = [str(Path(f).expanduser().resolve()) for f in data.spikes]
+        if data.cache_dir:
+            d["cache_dir"] = str(Path(data.cache_dir).expanduser().resolve())
+        emb = entry.arrays["embeddings"]
+        prov = entry.provenance
+        lines = [f"brain data: CEBRA embeddings {tuple(emb.shape)} (steps x bins x dims) from "
+                 f"{len(data.spikes)} spike session(s) "
+                 f"({'embedded and cached' if entry.computed else 'from the cache'}: "
+                 f"{entry.path.name}, CEBRA {prov.get('cebra', {}).get('seconds', '?')} s)"]
+        for i, s in enumerate(prov.get("sessions", [])):
+            lines.append(f"  session {i + 1}: {s['units']} units, {s['steps']} steps, mean rate "
+                         f"{s['mean_rate_hz']:g} Hz")
+        return d, lines, [str(entry.path), str(entry.path.with_suffix(".json"))]
+
     def load_data(self, data: MemoryData, data_seed: int) -> MemoryTaskData:
         cfg = data.task_config()
-        if data.source == "npz":
-            episodes, brain = load_memory_npz(data.path, cfg, expected_dim=None)
+        if data.source in ("npz", "spikes"):
+            path = data.path if data.source == "npz" else self._spike_embeddings(data).path
+            episodes, brain = load_memory_npz(path, cfg, expected_dim=None)
             n_held = int(round(data.heldout_fraction * episodes.n_episodes))
             if episodes.n_episodes - n_held < 2 or n_held < 1:
-                raise SpecError(f"data.path {data.path!r}: {episodes.n_episodes} episodes cannot "
+                raise SpecError(f"brain data {str(path)!r}: {episodes.n_episodes} episodes cannot "
                                 f"be split into >= 2 training and >= 1 held-out episodes with "
                                 f"heldout_fraction={data.heldout_fraction}")
             order = np.random.default_rng([data_seed, 5]).permutation(episodes.n_episodes)
