@@ -247,3 +247,51 @@ def test_preprocess_refuses_bad_settings():
     with pytest.raises(SpecError, match=r"resampling to 50 Hz cannot keep h_freq 40 Hz"):
         preprocess(raw.copy(), EEGPrep(h_freq=40.0, resample=50.0))
     assert math.isfinite(raw.get_data().sum())
+
+
+def test_frame_vectors_sample_mode_and_bad_mode():
+    raw, onsets, expected = _frame_raw()
+    np.testing.assert_allclose(frame_vectors(raw, onsets, 8.0, mode="sample"), expected,
+                               atol=1e-12)
+    with pytest.raises(SpecError, match="mode must be 'mean' or 'sample'"):
+        frame_vectors(raw, onsets, 8.0, mode="median")
+
+
+def test_epoch_rdms_prepared_once_from_a_written_recording(tmp_path):
+    """Two stimulus events with opposite topographies: correlation distance ~2 after onset
+    (anti-correlated), ~1 before (unrelated noise); cached, and a changed setting is a new
+    entry."""
+    import mne
+
+    from raybrain.data.eeg_rdm import prepare_epoch_rdms
+
+    sfreq, rng = 200.0, np.random.default_rng(0)
+    n = int(60 * sfreq)
+    data = rng.standard_normal((8, n)) * 1e-6
+    onsets = 1.0 + np.arange(40) * 1.4
+    kinds = np.array(["A", "B"] * 20)
+    a = rng.standard_normal(8)
+    topo = {"A": a, "B": -a}
+    for t, k in zip(onsets, kinds):
+        i = int(t * sfreq)
+        data[:, i + 20:i + 60] += topo[k][:, None] * 3e-6
+    raw = mne.io.RawArray(data, mne.create_info([f"E{i}" for i in range(8)], sfreq, "eeg"),
+                          verbose="ERROR")
+    raw.set_annotations(mne.Annotations(onsets, 0.0, kinds))
+    path = write_raw(raw, tmp_path / "stim.set")
+    out = prepare_epoch_rdms(path, events=["A", "B"], tmin=-0.1, tmax=0.4,
+                             cache_dir=tmp_path / "cache")
+    assert out.computed and out.rdms.shape == (len(out.times), 2, 2)
+    assert out.counts.tolist() == [20, 20]
+    pre, post = out.rdms[out.times < 0, 0, 1].mean(), out.rdms[(out.times > 0.12) & (out.times < 0.28), 0, 1].mean()
+    assert post > 1.8 and abs(pre - 1) < 0.6, (pre, post)
+    dec = prepare_epoch_rdms(path, events=["A", "B"], tmin=-0.1, tmax=0.4, method="decoding",
+                             cache_dir=tmp_path / "cache")
+    assert dec.computed and dec.rdms[(dec.times > 0.12) & (dec.times < 0.28), 0, 1].mean() > 0.4
+    again = prepare_epoch_rdms(path, events=["A", "B"], tmin=-0.1, tmax=0.4,
+                               cache_dir=tmp_path / "cache")
+    assert not again.computed
+    np.testing.assert_array_equal(again.rdms, out.rdms)
+    with pytest.raises(SpecError, match="no event 'C'"):
+        prepare_epoch_rdms(path, events=["A", "C"], cache_dir=tmp_path / "cache2")
+    assert not list((tmp_path / "cache2").glob("*.npz"))

@@ -228,8 +228,9 @@ def event_times(raw, event: str | int, where: str = "recording") -> np.ndarray:
 
 
 def frame_vectors(raw, times: np.ndarray, frame_rate: float,
-                  where: str = "recording") -> np.ndarray:
-    """One channel vector per frame: the mean signal over ``[t, t + 1/frame_rate)``.
+                  where: str = "recording", mode: str = "mean") -> np.ndarray:
+    """One channel vector per frame: the mean signal over ``[t, t + 1/frame_rate)``
+    (``mode="mean"``), or the sample nearest to ``t`` (``mode="sample"``).
 
     Parameters
     ----------
@@ -273,10 +274,17 @@ def frame_vectors(raw, times: np.ndarray, frame_rate: float,
         raise SpecError(f"{where}: frames span {times.min():.3f}..{times.max() + 1 / frame_rate:.3f} s "
                         f"but the recording holds 0..{last:.3f} s; frames outside it cannot be "
                         f"paired (truncated file?)")
+    if mode not in ("mean", "sample"):
+        raise SpecError(f"frame vector mode must be 'mean' or 'sample', got {mode!r}")
     data = raw.get_data()  # (n_channels, n_times)
+    if mode == "sample":
+        return _finite(data[:, start].T.astype(np.float32), raw, where)
     csum = np.concatenate([np.zeros((data.shape[0], 1)), np.cumsum(data, axis=1)], axis=1)
     means = (csum[:, start + width] - csum[:, start]) / width  # (n_channels, n_frames)
-    out = means.T.astype(np.float32)
+    return _finite(means.T.astype(np.float32), raw, where)
+
+
+def _finite(out: np.ndarray, raw, where: str) -> np.ndarray:
     if not np.isfinite(out).all():
         bad = np.argwhere(~np.isfinite(out))[0]
         raise SpecError(f"{where}: NaN/inf in the signal at frame {bad[0]}, channel "
