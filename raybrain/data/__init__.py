@@ -1,6 +1,19 @@
 """Brain and stimulus data: task simulators, synthetic brains, controls and loaders.
 
-Numpy-level code only (no ray, mlflow or optuna). For the B2M memory task:
+Numpy-level code only (no ray, mlflow or optuna). Real recordings (imported from their
+modules, which load MNE, CEBRA, h5py or nibabel only when used):
+
+- :mod:`raybrain.data.eeg` - EEG/MEG through MNE (FIF, EDF, BDF, BrainVision, EEGLAB);
+- :mod:`raybrain.data.eeg_rdm` - time-resolved RDMs from a recording's epochs;
+- :mod:`raybrain.data.spikes` - spike files, binning, B2M alignment, CEBRA embeddings;
+- :mod:`raybrain.data.memory_spikes` - spike sessions to memory-task embeddings;
+- :mod:`raybrain.data.rdm` - RDM files (memory-mapped when large) and validation;
+- :mod:`raybrain.data.embeddings` - SPoSE embeddings and fMRI voxel arrays;
+- :mod:`raybrain.data.cache` - the prepared-data cache (atomic, built once);
+- :mod:`raybrain.data.driving`, :mod:`raybrain.data.driving_scenes` - the B2M driving
+  protocol's frame/EEG pairs, synthetic drives and procedural scenes.
+
+For the B2M memory task:
 
 - :mod:`raybrain.data.memory_task` - episode simulator, task rule and input encoding;
 - :mod:`raybrain.data.synthetic_brain` - synthetic brain embeddings with a known answer;
