@@ -35,4 +35,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/sweep_overhead.py
 
 clean:
-	rm -rf raybrain_results mlflow.db
+	rm -rf raybrain_results mlflow.db raybrain_data raybrain_report

@@ -56,6 +56,23 @@ def test_shipped_specs_validate():
     assert len(quick.seed_list) >= 5
 
 
+def test_shipped_driving_specs_follow_the_paper():
+    from tests.conftest import ROOT
+
+    for name in ("b2m_driving.yaml", "b2m_driving_quick.yaml"):
+        validate_spec(load_spec(ROOT / "search_spaces" / name), name)
+    paper = load_spec(ROOT / "search_spaces" / "b2m_driving.yaml")
+    assert paper.params["alpha"]["grid"] == pytest.approx(np.arange(1, 11) * 0.02)
+    assert paper.arms.l2_grid == [1e-5, 1e-4, 1e-3, 1e-2] and len(paper.seed_list) == 10
+    p = paper.params
+    assert (p["base_channels"], p["fc_units"], p["latent_dim"], p["dropout"]) == (32, 1024, 64, 0.1)
+    assert (p["lr"], p["batch_size"], p["pair_batch_size"]) == (1e-4, 32, 256)
+    assert (paper.data["image_height"], paper.data["image_width"]) == (80, 160)
+    assert paper.search.metric == "test_loss_auc" and paper.search.mode == "min"
+    quick = load_spec(ROOT / "search_spaces" / "b2m_driving_quick.yaml")
+    assert len(quick.seed_list) >= 5
+
+
 def test_misspelt_top_level_key(tmp_path, capsys, write_spec, tiny_spec_dict):
     tiny_spec_dict["serch"] = {"algorithm": "grid"}
     _assert_rejected(tmp_path, capsys, write_spec, tiny_spec_dict, "unknown key 'serch'",
