@@ -134,3 +134,14 @@ def test_single_seed_is_not_computable():
     assert table.of("verdict")[0]["verdict"].startswith("not computable")
     assert "n/c" in format_table(table)
     assert "nan" not in table.to_csv().lower()
+
+
+def test_the_one_divergence_rule():
+    from raybrain.analysis.divergence import diverged
+
+    rule = ("test_loss", 1.0)
+    assert not diverged({"test_loss": [0.5, 1.4, 0.8]}, rule)  # went above, came back
+    assert diverged({"test_loss": [0.5, 1.4, 1.2]}, rule)  # never came back
+    assert not diverged({"test_loss": [0.5, 1.0]}, rule)  # at the threshold is not above
+    assert diverged({"test_loss": [0.5, float("nan")]}, rule)
+    assert diverged({}, None, non_finite=True) and not diverged({"loss": [9.0]}, None)

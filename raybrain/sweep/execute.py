@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from raybrain.analysis.divergence import diverged
 from raybrain.sweep.arms import RunSpec
 from raybrain.tasks.base import validation_metric
 
@@ -65,14 +66,8 @@ class RunProgress:
         return metrics
 
     def has_diverged(self) -> bool:
-        """The one divergence rule (non-finite loss, or the task's threshold, see above)."""
-        if self.diverged:
-            return True
-        if self.divergence is None:
-            return False
-        metric, threshold = self.divergence
-        values = self.history.get(metric, [])
-        return bool(values) and max(values) > threshold and values[-1] > threshold
+        """The one divergence rule (:func:`raybrain.analysis.divergence.diverged`)."""
+        return diverged(self.history, self.divergence, non_finite=self.diverged)
 
     def summary(self) -> dict[str, float]:
         """Summary metrics logged at the end of a run."""
