@@ -50,14 +50,19 @@ def test_every_format_static_and_time_resolved(tmp_path, suffix, shape):
     assert check.complete and check.n_total == max(1, int(np.prod(shape)))
 
 
-def test_matlab_v73_is_read_as_hdf5(tmp_path):
+def test_matlab_v73_is_read_as_hdf5_in_matlab_axis_order(tmp_path):
+    """v7.3 .mat files are HDF5 written column-major: (participants, time, n, n) in MATLAB
+    is stored as (n, n, time, participants)."""
     import h5py
 
-    arr = _rdms((), n=5)
-    path = tmp_path / "v73.mat"
-    with h5py.File(path, "w", userblock_size=512) as f:
-        f.create_dataset("RDM", data=arr)
-    np.testing.assert_allclose(load_rdm(path), arr)
+    arr = _rdms((2, 3), n=5)
+    for big in (False, True):
+        path = tmp_path / f"v73_{big}.mat"
+        with h5py.File(path, "w", userblock_size=512) as f:
+            f.create_dataset("mat", data=arr.transpose())
+        got = load_rdm(path, max_bytes=16 if big else 2**30)
+        assert got.shape == (2, 3, 5, 5)
+        np.testing.assert_allclose(got, arr)
 
 
 def test_real_things_rdm48():

@@ -177,6 +177,10 @@ def load_rdm(path: str | os.PathLike, *, key: str | None = None, nan_policy: str
             arr = np.asarray(mat[_pick(names, key, where)])
         else:
             arr = _read_hdf5(p, key, where, big)
+            if suffix == ".mat":
+                # MATLAB v7.3 writes column-major: a (participants, time, n, n) array is
+                # stored as (n, n, time, participants); reversing the axes is a free view
+                arr = arr.transpose()
     except SpecError:
         raise
     except Exception as exc:
@@ -201,10 +205,7 @@ def _read_hdf5(p: Path, key: str | None, where: str, big: bool):
         names = [n for n in f if isinstance(f[n], h5py.Dataset)]
         ds = f[_pick(names, key, where)]
         if not big:
-            arr = ds[()]
-            # MATLAB v7.3 stores arrays transposed (column-major); RDMs are symmetric in
-            # their last two axes, so only stacks need their leading axes reversed
-            return np.asarray(arr)
+            return np.asarray(ds[()])
         offset = ds.id.get_offset()
         if offset is None or ds.chunks is not None or ds.compression is not None:
             raise SpecError(f"{where}: dataset {ds.name!r} {ds.shape} is over the size limit "
