@@ -33,6 +33,7 @@ test: $(STAMP) chromium
 
 bench: $(STAMP)
 	$(BIN)/python bench/sweep_overhead.py
+	$(BIN)/python bench/prepare_once.py
 
 clean:
 	rm -rf raybrain_results mlflow.db raybrain_data raybrain_report
