@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from raybrain.registry import Registry
-from raybrain.tasks.base import BRAIN_SOURCES, Param, Task, TaskRun, validation_metric
+from raybrain.tasks.base import BRAIN_SOURCES, Param, Task, TaskRun, TorchRun, validation_metric
 
 TASKS: Registry[type[Task]] = Registry("task")
 
@@ -37,5 +37,5 @@ def _load_builtin() -> None:
     from raybrain.tasks import b2m_driving, b2m_memory  # noqa: F401
 
 
-__all__ = ["BRAIN_SOURCES", "Param", "Task", "TaskRun", "TASKS", "get", "names", "register",
+__all__ = ["BRAIN_SOURCES", "Param", "Task", "TaskRun", "TASKS", "TorchRun", "get", "names", "register",
            "validation_metric"]

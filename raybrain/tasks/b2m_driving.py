@@ -40,7 +40,7 @@ from raybrain.align.latent import latent_mse
 from raybrain.data.controls import phase_randomise
 from raybrain.errors import SpecError
 from raybrain.tasks import register
-from raybrain.tasks.base import Param, Task, TaskRun
+from raybrain.tasks.base import Param, Task, TorchRun
 
 
 class SessionFiles(BaseModel):
@@ -340,49 +340,23 @@ def _to_float(frames: torch.Tensor) -> torch.Tensor:
     return frames.float().div_(255.0)
 
 
-class DrivingRun(TaskRun):
+class DrivingRun(TorchRun):
     """One VAE trained on driving scenes (see :class:`B2MDriving`)."""
 
     def __init__(self, data: DrivingTaskData, p: dict[str, Any], brain_source: str | None,
                  seed: int, device: str):
         from raybrain.models.vae import DrivingVAE
 
-        self.data, self.p, self.source, self.seed = data, p, brain_source, seed
-        self.device = torch.device(device)
-        self.epochs = int(p["epochs"])
-        self.epoch = 0
-        self.alpha = float(p["alpha"]) if brain_source is not None else 0.0
         c = int(p["base_channels"])
-        outer = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-        self.model = DrivingVAE(channels=(3, c, 2 * c, 4 * c, 8 * c), fc_units=int(p["fc_units"]),
-                                latent_dim=int(p["latent_dim"]), dropout=float(p["dropout"]),
-                                image_size=tuple(data.train.shape[2:])).to(self.device)
-        self._torch_rng = torch.random.get_rng_state()
-        torch.random.set_rng_state(outer)
-        self.order_rng = torch.Generator().manual_seed(seed)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(p["lr"]),
-                                          weight_decay=float(p["weight_decay"]))
+        self._setup(data, p, brain_source, seed, device, lambda: DrivingVAE(
+            channels=(3, c, 2 * c, 4 * c, 8 * c), fc_units=int(p["fc_units"]),
+            latent_dim=int(p["latent_dim"]), dropout=float(p["dropout"]),
+            image_size=tuple(data.train.shape[2:])))
         self.brain_target = data.brain_view(brain_source) if brain_source else None
-
-    def _vae(self):
-        return self.model.module if hasattr(self.model, "module") else self.model
-
-    def _with_rng(self, fn):
-        outer = torch.random.get_rng_state()
-        torch.random.set_rng_state(self._torch_rng)
-        try:
-            return fn()
-        finally:
-            self._torch_rng = torch.random.get_rng_state()
-            torch.random.set_rng_state(outer)
-
-    def train_epoch(self, shard: tuple[int, int] = (0, 1)) -> dict[str, float]:
-        return self._with_rng(lambda: self._train_epoch(shard))
 
     def transfer_term(self, frames: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """MSE between the latent mean of ``frames`` (B, 3, H, W) and ``target`` (B, latent)."""
-        mu, _ = self._vae().encode(frames)
+        mu, _ = self._module().encode(frames)
         return latent_mse(mu, target)
 
     def _train_epoch(self, shard: tuple[int, int]) -> dict[str, float]:
@@ -439,14 +413,14 @@ class DrivingRun(TaskRun):
         """Latent MSE to the real EEG on held-out pairs (what the brain term would read)."""
         self.model.eval()
         frames = _to_float(self.data.held_frames[:256]).to(self.device)
-        mu, _ = self._vae().encode(frames)
+        mu, _ = self._module().encode(frames)
         target = torch.from_numpy(self.data.held_eeg[:256]).to(self.device)
         return float(latent_mse(mu, target))
 
     @torch.no_grad()
     def _recon(self, images: torch.Tensor, chunk: int = 128) -> float:
         self.model.eval()
-        vae = self._vae()
+        vae = self._module()
         sq, n = 0.0, 0
         for s in range(0, len(images), chunk):
             x = images[s:s + chunk].to(self.device)
@@ -466,23 +440,11 @@ class DrivingRun(TaskRun):
         self.model.eval()
         idx = torch.from_numpy(self.data.diag_index)
         frames = _to_float(self.data.held_frames[idx]).to(self.device)
-        mu = self._vae().encode(frames)[0].cpu().numpy()
+        mu = self._module().encode(frames)[0].cpu().numpy()
         brain = self.data.held_eeg[self.data.diag_index]
         if not np.isfinite(mu).all():
             return {"align_rsa": float("nan"), "align_cka": float("nan")}
         return {"align_rsa": rsa(mu, brain), "align_cka": linear_cka(mu, brain)}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"model": self._vae().state_dict(), "optimizer": self.optimizer.state_dict(),
-                "epoch": self.epoch, "torch_rng": self._torch_rng,
-                "order_rng": self.order_rng.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._vae().load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.epoch = int(state["epoch"])
-        self._torch_rng = state["torch_rng"]
-        self.order_rng.set_state(state["order_rng"])
 
 
 __all__ = ["B2MDriving", "DrivingData", "DrivingRun", "DrivingTaskData"]

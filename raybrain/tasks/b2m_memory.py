@@ -35,7 +35,7 @@ from raybrain.data import (
 from raybrain.errors import SpecError
 from raybrain.models import MemoryGRU
 from raybrain.tasks import register
-from raybrain.tasks.base import Param, Task, TaskRun
+from raybrain.tasks.base import Param, Task, TorchRun
 
 
 class MemoryData(BaseModel):
@@ -304,43 +304,19 @@ class B2MMemory(Task):
         return MemoryRun(data, p, brain_source, seed, device)
 
 
-class MemoryRun(TaskRun):
+class MemoryRun(TorchRun):
     """One GRU trained on the memory task (see :class:`B2MMemory`)."""
 
     def __init__(self, data: MemoryTaskData, p: dict[str, Any], brain_source: str | None,
                  seed: int, device: str):
-        self.data, self.p, self.source, self.seed = data, p, brain_source, seed
-        self.device = torch.device(device)
-        self.epochs = int(p["epochs"])
-        self.epoch = 0
-        self.alpha = float(p["alpha"]) if brain_source is not None else 0.0
+        self._setup(data, p, brain_source, seed, device, lambda: MemoryGRU(
+            4, int(p["hidden"]), int(p["embed_dim"]), float(p["dropout"])))
         self.transfer_fn = TRANSFER_LOSSES.get(p["transfer"])
-        # own RNG streams: results do not depend on how runs are interleaved
-        outer = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-        self.model = MemoryGRU(4, int(p["hidden"]), int(p["embed_dim"]), float(p["dropout"])).to(self.device)
-        self._torch_rng = torch.random.get_rng_state()
-        torch.random.set_rng_state(outer)
-        self.order_rng = torch.Generator().manual_seed(seed)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(p["lr"]),
-                                          weight_decay=float(p["weight_decay"]))
         self.brain_target = data.brain_view(brain_source) if brain_source else None
         # alignment to the real brain is measured for every arm
         self.brain_real = data.brain_view("real")
 
     # -- training ---------------------------------------------------------------------
-    def _with_rng(self, fn):
-        outer = torch.random.get_rng_state()
-        torch.random.set_rng_state(self._torch_rng)
-        try:
-            return fn()
-        finally:
-            self._torch_rng = torch.random.get_rng_state()
-            torch.random.set_rng_state(outer)
-
-    def train_epoch(self, shard: tuple[int, int] = (0, 1)) -> dict[str, float]:
-        return self._with_rng(lambda: self._train_epoch(shard))
-
     def _train_epoch(self, shard: tuple[int, int]) -> dict[str, float]:
         rank, world = shard
         tr = self.data.train
@@ -430,18 +406,3 @@ class MemoryRun(TaskRun):
         if not (np.isfinite(model_pts).all()):
             return {"align_rsa": float("nan"), "align_cka": float("nan")}
         return {"align_rsa": rsa(model_pts, brain_pts), "align_cka": linear_cka(model_pts, brain_pts)}
-
-    # -- state --------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        model = self.model.module if hasattr(self.model, "module") else self.model
-        return {"model": model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "epoch": self.epoch, "torch_rng": self._torch_rng,
-                "order_rng": self.order_rng.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        model = self.model.module if hasattr(self.model, "module") else self.model
-        model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.epoch = int(state["epoch"])
-        self._torch_rng = state["torch_rng"]
-        self.order_rng.set_state(state["order_rng"])

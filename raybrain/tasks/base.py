@@ -110,6 +110,68 @@ class TaskRun(ABC):
         self.model = wrap(self.model)
 
 
+class TorchRun(TaskRun):
+    """A :class:`TaskRun` of one torch model trained with Adam, seeded and resumable.
+
+    Subclasses call :meth:`_setup` from ``__init__`` and implement :meth:`_train_epoch`.
+    Seed ``k`` fixes the model's initialisation (drawn under ``torch.manual_seed(k)``)
+    and the data order (``order_rng``); the run keeps its own torch RNG stream, so results
+    do not depend on how runs are interleaved, and :meth:`state_dict` holds all of it.
+    """
+
+    def _setup(self, data, p: dict[str, Any], brain_source: str | None, seed: int,
+               device: str, make_model) -> None:
+        import torch
+
+        self.data, self.p, self.source, self.seed = data, p, brain_source, seed
+        self.device = torch.device(device)
+        self.epochs = int(p["epochs"])
+        self.epoch = 0
+        self.alpha = float(p["alpha"]) if brain_source is not None else 0.0
+        outer = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        self.model = make_model().to(self.device)
+        self._torch_rng = torch.random.get_rng_state()
+        torch.random.set_rng_state(outer)
+        self.order_rng = torch.Generator().manual_seed(seed)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(p["lr"]),
+                                          weight_decay=float(p["weight_decay"]))
+
+    def _module(self):
+        """The model without a data-parallel wrapper."""
+        return self.model.module if hasattr(self.model, "module") else self.model
+
+    def _with_rng(self, fn):
+        import torch
+
+        outer = torch.random.get_rng_state()
+        torch.random.set_rng_state(self._torch_rng)
+        try:
+            return fn()
+        finally:
+            self._torch_rng = torch.random.get_rng_state()
+            torch.random.set_rng_state(outer)
+
+    def train_epoch(self, shard: tuple[int, int] = (0, 1)) -> dict[str, float]:
+        return self._with_rng(lambda: self._train_epoch(shard))
+
+    @abstractmethod
+    def _train_epoch(self, shard: tuple[int, int]) -> dict[str, float]:
+        """One epoch under the run's own RNG stream."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self._module().state_dict(), "optimizer": self.optimizer.state_dict(),
+                "epoch": self.epoch, "torch_rng": self._torch_rng,
+                "order_rng": self.order_rng.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._module().load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = int(state["epoch"])
+        self._torch_rng = state["torch_rng"]
+        self.order_rng.set_state(state["order_rng"])
+
+
 class Task(ABC):
     """A protocol: data, model and objective of one paper's experiment.
 
