@@ -37,7 +37,8 @@ import numpy as np
 from raybrain.errors import SpecError
 from raybrain.privacy import pseudonym
 
-__all__ = ["CacheEntry", "cached_arrays", "file_fingerprint", "cache_key", "default_cache_dir"]
+__all__ = ["CacheEntry", "cached_arrays", "file_fingerprint", "cache_key", "default_cache_dir",
+           "file_lock"]
 
 _HEAD = 64 * 1024
 _BLOCK = 4 * 1024
@@ -99,7 +100,8 @@ class CacheEntry:
 
 
 @contextmanager
-def _locked(lock_path: Path):
+def file_lock(lock_path: Path):
+    """Hold an exclusive ``flock`` on ``lock_path`` (created if missing) inside the block."""
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -168,7 +170,7 @@ def cached_arrays(kind: str, settings: dict[str, Any], inputs: list[str | os.Pat
     if npz_path.exists():
         arrays, prov = _read(npz_path, json_path)
         return CacheEntry(key, npz_path, arrays, prov, computed=False)
-    with _locked(directory / f"{key}.lock"):
+    with file_lock(directory / f"{key}.lock"):
         if npz_path.exists():  # another process built it while we waited
             arrays, prov = _read(npz_path, json_path)
             return CacheEntry(key, npz_path, arrays, prov, computed=False)

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from raybrain.data.cache import _locked, cached_arrays
+from raybrain.data.cache import cached_arrays, file_lock
 from raybrain.data.eeg import (EEGPrep, event_times, frame_vectors, preprocess, read_raw,
                                recording_summary, write_raw)
 from raybrain.errors import SpecError
@@ -262,7 +262,7 @@ def synthesize_driving_session(out_dir: str | os.PathLike, *, n_frames: int, see
     frames_path = out / "frames.npy"
     stamp = out / "settings.json"
     out.mkdir(parents=True, exist_ok=True)
-    with _locked(out / ".write.lock"):  # concurrent trials: one writes, the others reuse
+    with file_lock(out / ".write.lock"):  # concurrent trials: one writes, the others reuse
         if not (stamp.exists() and json.loads(stamp.read_text()) == settings
                 and eeg_path.exists() and frames_path.exists()):
             stamp.unlink(missing_ok=True)
