@@ -28,7 +28,9 @@ from raybrain.errors import SpecError
 EXCLUDES = [".venv", "venv", ".git", "raybrain_results", "raybrain_report", "mlruns",
             "mlartifacts", "*.db", "*.db-journal", "*.db-wal", "*.db-shm", "__pycache__",
             "*.pyc", ".pytest_cache", "*.egg-info", "tests/artifacts", "bench/results",
-            ".env", ".env.*", "*.env", ".netrc", "*.pem", "*.key", ".raybrain"]
+            ".env", ".env.*", "*.env", ".netrc", "*.pem", "*.key", ".raybrain",
+            # prepared-data caches and synthetic drives are rebuilt where the sweep runs
+            ".raybrain-cache", "raybrain_data"]
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 ACTIVE = ("PENDING", "RUNNING")
 
@@ -109,17 +111,19 @@ def _warn(line: str) -> None:
     print(f"warning: {line}", file=sys.stderr, flush=True)
 
 
-def _data_paths(data: Any, key: str = "data"):
-    """``(key, value)`` of every string under a ``*path*``/``*file*`` key of the data section."""
+def _data_paths(data: Any, key: str = "data", path_key: bool = False):
+    """``(key, value)`` of every path string of the data section (see ``is_data_path_key``:
+    ``path``, ``eeg``, ``frames``, ``spikes``, ``*_path``, ``*_file``, ``*_dir``, ...)."""
+    from raybrain.sweep.spec import is_data_path_key
+
     if isinstance(data, dict):
         for k, v in data.items():
-            if isinstance(v, str) and ("path" in str(k) or "file" in str(k)):
-                yield f"{key}.{k}", v
-            else:
-                yield from _data_paths(v, f"{key}.{k}")
+            yield from _data_paths(v, f"{key}.{k}", is_data_path_key(str(k)))
     elif isinstance(data, list):
         for i, v in enumerate(data):
-            yield from _data_paths(v, f"{key}[{i}]")
+            yield from _data_paths(v, f"{key}[{i}]", path_key)
+    elif isinstance(data, str) and path_key and data:
+        yield key, data
 
 
 def _check_data_paths(spec, source: str, workdir: Path) -> None:

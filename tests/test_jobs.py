@@ -269,6 +269,22 @@ def test_submit_refuses_data_outside_the_working_dir_and_bad_counts(workdir, cap
     code, lines, _ = _err(capsys, ["submit", "npz.yaml", "--address", "http://head:8265"])
     assert code == 2 and len(lines) == 1
     assert "data.path '../brain.npz' lies outside the working directory" in lines[0]
+    # the same for driving sessions and spike sessions, wherever the path sits
+    drive = {**d, "task": "b2m-driving", "params": {"alpha": {"grid": [0.1]}},
+             "data": {"source": "files", "sessions": [
+                 {"eeg": "rec/sub-01.bdf", "frames": "../sub-01_frames.npy"}]}}
+    (workdir / "rec").mkdir()
+    (workdir / "rec" / "sub-01.bdf").write_bytes(b"")
+    (tmp_path / "sub-01_frames.npy").write_bytes(b"")
+    (workdir / "drive.yaml").write_text(yaml.safe_dump(drive))
+    code, lines, _ = _err(capsys, ["submit", "drive.yaml", "--address", "http://head:8265"])
+    assert code == 2 and len(lines) == 1
+    assert "data.sessions[0].frames '../sub-01_frames.npy' lies outside" in lines[0]
+    spikes = {**d, "data": {**d["data"], "source": "spikes", "path": None,
+                            "spikes": ["../ses1.npz"]}}
+    (workdir / "spikes.yaml").write_text(yaml.safe_dump(spikes))
+    code, lines, _ = _err(capsys, ["submit", "spikes.yaml", "--address", "http://head:8265"])
+    assert code == 2 and "data.spikes[0] '../ses1.npz' lies outside" in lines[0]
     # counts the sweep command would refuse are refused here, before any upload
     for flag in ("--max-configs", "--seeds"):
         with pytest.raises(SystemExit) as exit_:

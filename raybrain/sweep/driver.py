@@ -442,11 +442,6 @@ def tracked_spec(spec: Spec, task) -> dict[str, Any]:
     return d
 
 
-#: keys of a data section whose values are file or folder paths (logged as pseudonyms)
-PATH_KEYS = ("path", "eeg", "frames", "cache_dir", "synthetic_dir", "labels_path",
-             "mask_path", "words_path")
-
-
 def _pseudonymise_data(value: Any, key: str = "") -> Any:
     """Data section with paths and participant ids replaced by keyed pseudonyms."""
     from raybrain.privacy import pseudonym
@@ -456,7 +451,9 @@ def _pseudonymise_data(value: Any, key: str = "") -> Any:
     if isinstance(value, list):
         return [_pseudonymise_data(v, key) for v in value]
     if isinstance(value, str) and value:
-        if key in PATH_KEYS or key.endswith(("_path", "_file")):
+        from raybrain.sweep.spec import is_data_path_key
+
+        if is_data_path_key(key):
             return pseudonym(str(Path(value).expanduser().resolve()), "file")
         if key in ("participant", "participants", "subject"):
             return pseudonym(value, "participant")

@@ -285,6 +285,16 @@ def _param_values(name: str, dist: dict, param, source: str) -> list[Any]:
     return [_check_value(name, v, param, source) for v in values]
 
 
+#: keys of a data section whose values are file or folder paths (strings or lists of them)
+DATA_PATH_KEYS = ("path", "eeg", "frames", "spikes", "cache_dir", "synthetic_dir",
+                  "labels_path", "mask_path", "words_path")
+
+
+def is_data_path_key(key: str) -> bool:
+    """Whether a ``data:`` key holds paths (logged as pseudonyms, checked for Ray Jobs)."""
+    return key in DATA_PATH_KEYS or key.endswith(("_path", "_file", "_dir"))
+
+
 def validate_spec(spec: Spec, source: str = "spec", *, check_data: bool = True) -> dict[str, Any]:
     """Check the spec against its task: param names, types, bounds, arms, data files.
 
