@@ -26,11 +26,21 @@ def add_data_subparsers(sub) -> None:
     i.add_argument("--key", help="array name inside .npz/.mat/.h5 files")
     i.add_argument("--mask", help="brain mask (NIfTI) for --as voxels")
     i.add_argument("--labels", help="dimension labels file for --as spose")
+    c = dsub.add_parser("convert-spikes", help="convert a trusted nelpy-style spike file "
+                        "(pickled per-unit arrays) once into raybrain's plain spike format")
+    c.add_argument("src", help="the nelpy-style .npz (spike_times_s, pos_time_s, pos_x_px)")
+    c.add_argument("dst", help="the plain .npz to write")
 
 
 def run_data_command(args: argparse.Namespace) -> int:
     if args.data_command == "prepare":
         return _prepare(args)
+    if args.data_command == "convert-spikes":
+        from raybrain.data.spikes import convert_nelpy_npz
+
+        rec = convert_nelpy_npz(args.src, args.dst)
+        print(f"{args.dst}: {rec.describe()}")
+        return 0
     for f in args.files:
         for line in inspect_file(f, args.kind, key=args.key, mask=args.mask, labels=args.labels):
             print(line, flush=True)

@@ -166,3 +166,25 @@ def test_cebra_on_the_real_rat_recording(tmp_path):
     art = ROOT / "tests" / "artifacts"
     art.mkdir(parents=True, exist_ok=True)
     (art / "cebra_timing.json").write_text(json.dumps(out, indent=1))
+
+
+def test_cli_converts_the_pickled_example_once_and_inspects_it(tmp_path):
+    import subprocess
+    import sys
+
+    if not RAT.exists():
+        pytest.skip("shared rat hippocampus recording is absent")
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "raybrain.cli", "data", *args],
+                              capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+    raw = cli("inspect", str(RAT), "--as", "spikes")
+    assert raw.returncode == 2 and "raybrain data convert-spikes SRC DST" in raw.stderr
+    out = cli("convert-spikes", str(RAT), str(tmp_path / "rat.npz"))
+    assert out.returncode == 0, out.stderr
+    assert "31 units, 28829 spikes over 1968.1 s" in out.stdout
+    again = cli("inspect", str(tmp_path / "rat.npz"), "--as", "spikes")
+    assert again.returncode == 0 and "rates 0.02..4.04 Hz (mean 0.47)" in again.stdout
+    bad = cli("convert-spikes", str(tmp_path / "rat.npz"), str(tmp_path / "x.npz"))
+    assert bad.returncode == 2 and "lacks ['spike_times_s', 'pos_time_s', 'pos_x_px']" in bad.stderr

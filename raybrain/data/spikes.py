@@ -118,7 +118,8 @@ def load_spikes(path: str | os.PathLike) -> SpikeRecording:
             arrays = {k: npz[k] for k in npz.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise SpecError(f"{where} could not be read by numpy.load ({str(exc).splitlines()[0]}); "
-                        f"expected an .npz of plain arrays (no pickled objects)") from None
+                        f"expected an .npz of plain arrays (no pickled objects: convert a "
+                        f"trusted file once with `raybrain data convert-spikes SRC DST`)") from None
     for k in ("spike_times", "unit_index", "n_units"):
         if k not in arrays:
             raise SpecError(f"{where} lacks '{k}'; found {sorted(arrays)}")
@@ -171,7 +172,18 @@ def convert_nelpy_npz(src: str | os.PathLike, dst: str | os.PathLike) -> SpikeRe
     shared rat hippocampus example), and use the plain ``dst`` file from then on. Keys:
     ``spike_times_s`` (object array of per-unit times), ``pos_time_s``, ``pos_x_px``.
     """
-    with np.load(src, allow_pickle=True) as d:
+    where = f"spike file '{os.fspath(src)}'"
+    try:
+        d = np.load(src, allow_pickle=True)
+    except (ValueError, OSError, EOFError) as exc:
+        raise SpecError(f"{where} could not be read ({str(exc).splitlines()[0]})") from None
+    if not isinstance(d, np.lib.npyio.NpzFile):
+        raise SpecError(f"{where} holds a single array; expected nelpy's parsed .npz")
+    missing = [k for k in ("spike_times_s", "pos_time_s", "pos_x_px") if k not in d.files]
+    if missing:
+        raise SpecError(f"{where} lacks {missing}; expected nelpy's parsed example keys "
+                        f"spike_times_s, pos_time_s, pos_x_px")
+    with d:
         per_unit = [np.asarray(x, dtype=np.float64) for x in d["spike_times_s"]]
         pos_t = np.asarray(d["pos_time_s"], dtype=np.float64)
         pos_x = np.asarray(d["pos_x_px"], dtype=np.float64)
