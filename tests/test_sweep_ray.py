@@ -173,7 +173,10 @@ def test_killed_driver_resumes_without_duplicating_runs(ray_session, in_tmp, tin
         logged = 0
         while time.time() < deadline and proc.poll() is None:
             time.sleep(1.0)
-            if not (in_tmp / "mlflow.db").exists():
+            # the driver creates and migrates the store first; a second process opening it
+            # mid-migration races alembic ("table _alembic_tmp_... already exists"), so read
+            # it only once the driver says it has started its trials
+            if "execution:" not in (in_tmp / "driver.out").read_text():
                 continue
             try:
                 tracker = Tracker(uri, "raybrain")
