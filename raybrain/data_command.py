@@ -93,10 +93,10 @@ def inspect_file(path: str, kind: str = "auto", *, key: str | None = None,
         return [f"{path}: {s['n_channels']} channels ({types}) at {s['sfreq']:g} Hz, "
                 f"{s['duration_s']:g} s ({s['n_times']} samples); annotations: {events}"]
     if kind == "rdm":
-        from raybrain.data.rdm import load_rdm
+        from raybrain.data.rdm import is_memory_mapped, load_rdm
 
         arr = load_rdm(p, key=key)
-        mapped = " (memory-mapped)" if _is_mapped(arr) else ""
+        mapped = " (memory-mapped)" if is_memory_mapped(arr) else ""
         return [f"{path}: RDM stack {tuple(arr.shape)} {arr.dtype}{mapped}, validated "
                 f"(square, symmetric, zero diagonal)"]
     if kind == "voxels":
@@ -114,14 +114,3 @@ def inspect_file(path: str, kind: str = "auto", *, key: str | None = None,
 
     rec = load_spikes(p)
     return [f"{path}: {rec.describe()}"]
-
-
-def _is_mapped(arr) -> bool:
-    import numpy as np
-
-    base = arr
-    while base is not None:
-        if isinstance(base, np.memmap):
-            return True
-        base = getattr(base, "base", None)
-    return False

@@ -6,15 +6,22 @@ e.g. participants x time x n x n (THINGS-MEG: 4 x 281 x 1854 x 1854, 14 GiB in f
 Arrays larger than ``max_bytes`` are memory-mapped, never read whole: ``.npy`` through
 ``np.load(mmap_mode="r")``, HDF5 through ``np.memmap`` at the dataset's offset (only a
 contiguous, uncompressed dataset can be mapped). ``.npz`` and v5 ``.mat`` cannot be mapped:
-above the limit they are refused with a message saying to convert.
+above the limit they are refused, from their header and before anything is read, with a
+message saying to convert. MATLAB v7.3 files store arrays column-major; they come back in
+MATLAB's axis order (a free transposed view, memory-mapped or not).
 
 Validation (:func:`validate_rdm`): the last two axes square, the matrices symmetric and
-with a zero diagonal (tolerance relative to the values' scale), no infinities, and NaN
-handled by an explicit policy: ``"error"`` (default), ``"zero"`` (replaced by 0, as the
-CLIP-HBA code does) or ``"keep"`` (left for the caller to mask). A memory-mapped stack is
-checked matrix block by matrix block within ``budget_bytes``; when the whole stack is
-larger than the budget, an evenly spaced sample of its matrices (always the first and the
-last) is checked and the result says how many.
+with a zero diagonal (tolerance ``1e-5`` times the largest absolute value of the block
+checked), no infinities, and NaN handled by an explicit policy: ``"error"`` (default),
+``"zero"`` (replaced by 0 in a copy, as the CLIP-HBA code does; only under ``max_bytes``)
+or ``"keep"`` (left for the caller to mask). Entries whose mirror is NaN are not compared.
+Work is done block by block so that at most about ``budget_bytes`` of working memory is
+held at once. An array in memory is always checked whole. A memory-mapped array larger
+than the budget is checked on a deterministic sample that reads about ``budget_bytes`` of
+the file: the first, the last and evenly spaced matrices (or, for a column-major v7.3
+layout, where one matrix is scattered over the whole file, every matrix restricted to the
+first, last and evenly spaced conditions); the returned :class:`RDMCheck` says how much
+was checked.
 
 RDMs from data: :func:`correlation_rdm` (1 - Pearson r between condition patterns, per
 time point) and :func:`decoding_rdm` (cross-validated pairwise decoding accuracy minus
@@ -33,23 +40,48 @@ import numpy as np
 from raybrain.errors import SpecError
 
 __all__ = ["RDM_SUFFIXES", "RDMCheck", "load_rdm", "validate_rdm", "correlation_rdm",
-           "decoding_rdm", "array_header"]
+           "decoding_rdm", "array_header", "read_hdf5_dataset", "is_memory_mapped"]
 
 RDM_SUFFIXES = (".npy", ".npz", ".mat", ".h5", ".hdf5")
 NAN_POLICIES = ("error", "zero", "keep")
 
+#: MATLAB classes reported by ``scipy.io.whosmat`` that hold real numbers.
+_MAT_NUMERIC = {"double": "float64", "single": "float32", "int8": "int8", "uint8": "uint8",
+                "int16": "int16", "uint16": "uint16", "int32": "int32", "uint32": "uint32",
+                "int64": "int64", "uint64": "uint64", "logical": "bool"}
+
+# bytes of working memory per matrix entry checked: float64 rows and mirrored columns
+# (2 x 8), the stored values while they are converted, boolean masks, and some slack
+_WORK = 32
+
 
 @dataclass(frozen=True)
 class RDMCheck:
-    """What :func:`validate_rdm` checked: matrices checked of the total, NaNs found."""
+    """What :func:`validate_rdm` checked.
+
+    Attributes
+    ----------
+    n_checked : int
+        Matrices checked (all of their checked rows).
+    n_total : int
+        Matrices in the stack (product of the leading dimensions; 1 for a single RDM).
+    n_nan : int
+        NaN entries found in what was checked.
+    rows_checked : int or None
+        None when whole matrices were checked; otherwise (column-major memory-mapped
+        stacks) the number of sampled conditions of ``n``: their columns were checked for
+        NaN/inf in every matrix, and the submatrix on them for symmetry and diagonal.
+    """
 
     n_checked: int
     n_total: int
     n_nan: int
+    rows_checked: int | None = None
 
     @property
     def complete(self) -> bool:
-        return self.n_checked == self.n_total
+        """True when every entry of every matrix was checked."""
+        return self.n_checked == self.n_total and self.rows_checked is None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -60,39 +92,67 @@ def _first_line(exc: BaseException) -> str:
 def _pick(keys: list[str], key: str | None, where: str) -> str:
     if key is not None:
         if key not in keys:
-            raise SpecError(f"{where} has no array {key!r}; arrays: {sorted(keys)}")
+            raise SpecError(f"{where} has no array {key!r}; expected one of {sorted(keys)}")
         return key
     if len(keys) != 1:
-        raise SpecError(f"{where} holds {len(keys)} arrays {sorted(keys)[:10]}; name one with "
-                        f"key (e.g. --key {sorted(keys)[0] if keys else 'NAME'})")
+        shown = sorted(keys)[:10]
+        raise SpecError(f"{where} holds {len(keys)} arrays {shown}; name one with key "
+                        f"(e.g. key={shown[0] if shown else 'NAME'!r})")
     return keys[0]
 
 
-def array_header(path: str | os.PathLike, key: str | None = None) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype of the array in a ``.npy``/``.npz``/``.mat``/HDF5 file, unread."""
+def is_memory_mapped(arr: np.ndarray) -> bool:
+    """True when ``arr`` is an ``np.memmap`` or a view whose base chain reaches one."""
+    base = arr
+    while base is not None:
+        if isinstance(base, np.memmap):
+            return True
+        base = getattr(base, "base", None)
+    return False
+
+
+def array_header(path: str | os.PathLike,
+                 key: str | None = None) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of the array in a ``.npy``/``.npz``/``.mat``/HDF5 file, unread.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    key : str or None
+        Array name in ``.npz``/``.mat``/HDF5 (None: the only one).
+
+    Returns
+    -------
+    shape : tuple of int
+        As stored (a v7.3 ``.mat`` reports HDF5's order, the reverse of MATLAB's).
+    dtype : np.dtype
+        ``object`` for MATLAB cells, structs, strings and sparse matrices.
+
+    Raises
+    ------
+    SpecError
+        Unreadable file, or a missing / ambiguous key.
+    """
     p = Path(path)
     where = f"RDM file '{os.fspath(path)}'"
     suffix = p.suffix.lower()
     try:
         if suffix == ".npy":
             with open(p, "rb") as fh:
-                shape, dtype = _npy_header(fh)
-            return shape, dtype
+                return _npy_header(fh)
         if suffix == ".npz":
             with zipfile.ZipFile(p) as zf:
                 names = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
                 name = _pick(names, key, where)
                 with zf.open(name + ".npy") as fh:
-                    shape, dtype = _npy_header(fh)
-            return shape, dtype
+                    return _npy_header(fh)
         if suffix == ".mat" and not _is_hdf5(p):
             import scipy.io
 
             info = {n: (s, c) for n, s, c in scipy.io.whosmat(p)}
             name = _pick(list(info), key, where)
             shape, cls = info[name]
-            dtype = {"double": "float64", "single": "float32"}.get(cls, cls)
-            return tuple(shape), np.dtype(dtype) if dtype in ("float64", "float32") else np.dtype("O")
+            return tuple(shape), np.dtype(_MAT_NUMERIC.get(cls, "O"))
         import h5py
 
         with h5py.File(p, "r") as f:
@@ -103,7 +163,8 @@ def array_header(path: str | os.PathLike, key: str | None = None) -> tuple[tuple
         raise
     except Exception as exc:
         raise SpecError(f"{where} could not be read ({type(exc).__name__}: {_first_line(exc)}); "
-                        f"expected a {suffix} file holding an RDM array") from None
+                        f"expected a {suffix} file holding an RDM array; the file may be corrupt "
+                        f"or truncated") from None
 
 
 def _npy_header(fh) -> tuple[tuple[int, ...], np.dtype]:
@@ -115,9 +176,10 @@ def _npy_header(fh) -> tuple[tuple[int, ...], np.dtype]:
 
 
 def _is_hdf5(p: Path) -> bool:
+    # the HDF5 signature sits at byte 0, 512, 1024, ... (MATLAB v7.3 has a 512-byte userblock)
     with open(p, "rb") as fh:
-        head = fh.read(512 + 8)
-    return b"\x89HDF\r\n\x1a\n" in head
+        head = fh.read(2048 + 8)
+    return any(head[o:o + 8] == b"\x89HDF\r\n\x1a\n" for o in (0, 512, 1024, 2048))
 
 
 def load_rdm(path: str | os.PathLike, *, key: str | None = None, nan_policy: str = "error",
@@ -128,21 +190,34 @@ def load_rdm(path: str | os.PathLike, *, key: str | None = None, nan_policy: str
     Parameters
     ----------
     path : str or os.PathLike
-        ``.npy``, ``.npz``, ``.mat`` or ``.h5``/``.hdf5``.
+        ``.npy``, ``.npz``, ``.mat`` (v5 or v7.3) or ``.h5``/``.hdf5``.
     key : str or None
-        Array name inside ``.npz``/``.mat``/HDF5 (None: the only one).
+        Array name inside ``.npz``/``.mat``/HDF5 (None: the only one; an error lists the
+        names when there are several).
     nan_policy : {"error", "zero", "keep"}
+        What NaN entries do: raise, become 0 (a copy; refused over ``max_bytes``), or stay.
     max_bytes : int
-        Arrays above this size are memory-mapped (``.npy``, contiguous HDF5) or refused.
+        Arrays above this size are memory-mapped (``.npy``, contiguous uncompressed HDF5)
+        or refused (``.npz``, v5 ``.mat``, chunked/compressed HDF5) with a message saying
+        to convert.
     validate_budget_bytes : int
-        At most this much of a memory-mapped array is read at once during validation.
+        Working memory for validation; see :func:`validate_rdm`.
     return_check : bool
         Also return the :class:`RDMCheck`.
 
     Returns
     -------
-    np.ndarray, shape (..., n, n)
-        In memory (a float array) under ``max_bytes``; a read-only ``np.memmap`` above.
+    rdm : np.ndarray, shape (..., n, n)
+        float32 (float64 if stored so) in memory under ``max_bytes``; above it a read-only
+        ``np.memmap`` (or a transposed view of one, for v7.3) in the stored dtype.
+    check : RDMCheck
+        Only with ``return_check=True``.
+
+    Raises
+    ------
+    SpecError
+        One line naming the file: wrong suffix, missing, unreadable/corrupt/truncated,
+        missing or ambiguous key, non-numeric, too large for its format, or an invalid RDM.
     """
     if nan_policy not in NAN_POLICIES:
         raise SpecError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
@@ -150,33 +225,39 @@ def load_rdm(path: str | os.PathLike, *, key: str | None = None, nan_policy: str
     where = f"RDM file '{os.fspath(path)}'"
     suffix = p.suffix.lower()
     if suffix not in RDM_SUFFIXES:
-        raise SpecError(f"{where} has suffix {suffix or '(none)'!r}; expected one of {RDM_SUFFIXES}")
+        raise SpecError(f"{where} has suffix {suffix or '(none)'!r}; expected one of "
+                        f"{RDM_SUFFIXES}")
     if not p.is_file():
-        raise SpecError(f"{where} not found")
+        raise SpecError(f"{where} not found; expected an existing file")
     shape, dtype = array_header(p, key)
-    if dtype.kind not in "iuf":
+    if dtype.kind not in "biuf":
         raise SpecError(f"{where}: the RDM must hold real numbers, got dtype {dtype}")
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     big = nbytes > max_bytes
+    v5_mat = suffix == ".mat" and not _is_hdf5(p)
+    if big and (suffix == ".npz" or v5_mat):
+        raise SpecError(f"{where} holds a {nbytes / 2**20:.1f} MiB array {shape}, over the "
+                        f"{max_bytes / 2**20:.1f} MiB limit (max_bytes), and {suffix} files "
+                        f"cannot be memory-mapped; convert it to .npy (numpy.save) or an "
+                        f"uncompressed HDF5 dataset")
+    if big and nan_policy == "zero":
+        raise SpecError(f"{where}: nan_policy 'zero' copies the array, and its "
+                        f"{nbytes / 2**20:.1f} MiB are over the {max_bytes / 2**20:.1f} MiB "
+                        f"limit (max_bytes); use 'keep' (and mask NaNs) or clean the file first")
     try:
         if suffix == ".npy":
             arr = np.load(p, mmap_mode="r" if big else None, allow_pickle=False)
-        elif big and suffix in (".npz",) or (big and suffix == ".mat" and not _is_hdf5(p)):
-            raise SpecError(f"{where} holds {nbytes / 2**30:.2f} GiB {shape}, over the "
-                            f"{max_bytes / 2**30:.2f} GiB limit, and {suffix} files cannot be "
-                            f"memory-mapped; convert it to .npy (numpy.save) or an uncompressed "
-                            f"HDF5 dataset")
         elif suffix == ".npz":
             with np.load(p, allow_pickle=False) as npz:
                 arr = npz[_pick(list(npz.files), key, where)]
-        elif suffix == ".mat" and not _is_hdf5(p):
+        elif v5_mat:
             import scipy.io
 
-            mat = scipy.io.loadmat(p)
-            names = [k for k in mat if not k.startswith("__")]
-            arr = np.asarray(mat[_pick(names, key, where)])
+            names = [n for n, _, _ in scipy.io.whosmat(p)]
+            name = _pick(names, key, where)
+            arr = np.asarray(scipy.io.loadmat(p, variable_names=[name])[name])
         else:
-            arr = _read_hdf5(p, key, where, big)
+            arr = read_hdf5_dataset(p, key, where, mapped=big)
             if suffix == ".mat":
                 # MATLAB v7.3 writes column-major: a (participants, time, n, n) array is
                 # stored as (n, n, time, participants); reversing the axes is a free view
@@ -186,86 +267,267 @@ def load_rdm(path: str | os.PathLike, *, key: str | None = None, nan_policy: str
     except Exception as exc:
         raise SpecError(f"{where} could not be read ({type(exc).__name__}: {_first_line(exc)}); "
                         f"the file may be corrupt or truncated") from None
-    if nan_policy == "zero" and big:
-        raise SpecError(f"{where}: nan_policy 'zero' copies the array, which is over the "
-                        f"{max_bytes / 2**30:.2f} GiB limit; use 'keep' (and mask NaNs) or "
-                        f"clean the file first")
     if not big:
         arr = np.asarray(arr, dtype=np.float64 if arr.dtype == np.float64 else np.float32)
     check = validate_rdm(arr, where, nan_policy, validate_budget_bytes)
     if nan_policy == "zero" and check.n_nan:
-        arr = np.nan_to_num(arr, nan=0.0, posinf=np.inf, neginf=-np.inf)
+        arr = np.where(np.isnan(arr), arr.dtype.type(0), arr)
     return (arr, check) if return_check else arr
 
 
-def _read_hdf5(p: Path, key: str | None, where: str, big: bool):
+def read_hdf5_dataset(path: str | os.PathLike, key: str | None, where: str, *,
+                      mapped: bool) -> np.ndarray:
+    """One dataset of an HDF5 file: read into memory, or memory-mapped without reading.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    key : str or None
+        Dataset name at the file's root (None: the only one).
+    where : str
+        How error messages name the file.
+    mapped : bool
+        Map with ``np.memmap`` at the dataset's offset instead of reading it; only a
+        contiguous, uncompressed dataset can be mapped (else a SpecError says to rewrite it).
+
+    Returns
+    -------
+    np.ndarray
+        In the stored shape and dtype; read-only ``np.memmap`` when ``mapped``.
+    """
     import h5py
 
-    with h5py.File(p, "r") as f:
+    with h5py.File(path, "r") as f:
         names = [n for n in f if isinstance(f[n], h5py.Dataset)]
         ds = f[_pick(names, key, where)]
-        if not big:
+        if not mapped:
             return np.asarray(ds[()])
         offset = ds.id.get_offset()
-        if offset is None or ds.chunks is not None or ds.compression is not None:
+        if offset is None or ds.chunks is not None or ds.compression is not None \
+                or ds.dtype.kind not in "biuf":
+            layout = "chunked or compressed" if ds.chunks is not None else "not contiguous"
             raise SpecError(f"{where}: dataset {ds.name!r} {ds.shape} is over the size limit "
-                            f"and chunked or compressed, so it cannot be memory-mapped; rewrite "
+                            f"(max_bytes) and {layout}, so it cannot be memory-mapped; rewrite "
                             f"it as a contiguous uncompressed dataset or convert it to .npy")
         shape, dtype = ds.shape, ds.dtype
-    return np.memmap(p, dtype=dtype, mode="r", offset=offset, shape=shape)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+
+
+def _even(total: int, k: int) -> np.ndarray:
+    """``k`` (>= 2, <= total) evenly spaced indices of ``range(total)``, first and last."""
+    k = int(min(total, max(2, k)))
+    return np.unique(np.linspace(0, total - 1, k).round().astype(np.int64))
 
 
 def validate_rdm(arr: np.ndarray, where: str = "RDM", nan_policy: str = "error",
                  budget_bytes: int = 256 * 2**20) -> RDMCheck:
-    """Check the RDM invariants (see the module docstring); raise one-line SpecErrors."""
+    """Check the RDM invariants (module docstring); raise one-line SpecErrors.
+
+    Parameters
+    ----------
+    arr : np.ndarray, shape (..., n, n)
+        In memory or memory-mapped; never read whole when mapped and over the budget.
+    where : str
+        How error messages name the data (e.g. the file).
+    nan_policy : {"error", "zero", "keep"}
+        "error" raises when a NaN is found (with their count and the first index); the
+        other two accept NaNs (they are counted; :func:`load_rdm` replaces them for "zero").
+    budget_bytes : int
+        Working memory held at once, and for a memory-mapped array over this size, about
+        how much of the file the sample reads.
+
+    Returns
+    -------
+    RDMCheck
+        How many matrices (and rows) were checked, of how many; NaNs found.
+
+    Raises
+    ------
+    SpecError
+        Fewer than 2 dimensions, not square, fewer than 2 conditions, an infinite value,
+        a NaN under "error", an asymmetric entry or a non-zero diagonal entry, each with
+        the matrix (leading index) and entry.
+    """
+    if nan_policy not in NAN_POLICIES:
+        raise SpecError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
     if arr.ndim < 2:
-        raise SpecError(f"{where}: an RDM needs at least 2 dimensions (n, n), got shape {arr.shape}")
+        raise SpecError(f"{where}: an RDM needs at least 2 dimensions (n, n), got shape "
+                        f"{arr.shape}")
     n = arr.shape[-1]
     if arr.shape[-2] != n:
         raise SpecError(f"{where}: RDMs must be square in their last two axes, got shape "
                         f"{arr.shape}")
     if n < 2:
         raise SpecError(f"{where}: an RDM needs at least 2 conditions, got shape {arr.shape}")
-    flat = arr.reshape(-1, n, n)
-    total = flat.shape[0]
-    per = n * n * 8
-    block = max(1, budget_bytes // per)
-    if total <= block * 4 or total * per <= budget_bytes:
-        idx = np.arange(total)
-    else:  # a sample: first, last, evenly spaced, within the budget
-        k = max(2, min(total, budget_bytes // per))
-        idx = np.unique(np.linspace(0, total - 1, k).round().astype(int))
-    n_nan = 0
-    for s in range(0, len(idx), block):
-        sel = idx[s:s + block]
-        m = np.asarray(flat[sel] if len(sel) != total else flat[:], dtype=np.float64)
-        nan = np.isnan(m)
-        if np.isinf(m).any():
-            first = tuple(int(i) for i in np.argwhere(np.isinf(m))[0])
-            raise SpecError(f"{where}: infinite value at matrix {int(sel[first[0]])}, entry "
-                            f"{first[1:]}; expected finite dissimilarities")
+    lead = arr.shape[:-2]
+    total = int(np.prod(lead, dtype=np.int64))
+    if total == 0:
+        raise SpecError(f"{where}: the RDM stack is empty, got shape {arr.shape}")
+    mapped = is_memory_mapped(arr)
+    fetch, column_major = _fetcher(arr, mapped)
+
+    mats = np.arange(total)
+    rows = np.arange(n)
+    rows_checked = None
+    if mapped and arr.size * arr.itemsize > budget_bytes:
+        if column_major:  # one matrix is spread over the whole file: sample conditions
+            return _check_column_major_sample(arr, where, nan_policy, budget_bytes)
+        mats = _even(total, budget_bytes // (n * n * arr.itemsize))
+    per_matrix = n * len(rows) * _WORK
+    if per_matrix <= budget_bytes:
+        mat_step, row_step = max(1, budget_bytes // per_matrix), len(rows)
+    else:
+        mat_step, row_step = 1, max(1, budget_bytes // (n * _WORK))
+
+    def name(u: int) -> str:
+        idx = np.unravel_index(u, lead) if lead else ()
+        return f"matrix {tuple(int(i) for i in idx)}" if len(lead) > 1 else f"matrix {u}"
+
+    n_nan, first_nan = 0, ""
+    for m0 in range(0, len(mats), mat_step):
+        sel = mats[m0:m0 + mat_step]
+        for r0 in range(0, len(rows), row_step):
+            rblk = rows[r0:r0 + row_step]
+            r, c = fetch(sel, rblk)  # (k, b, n): r[k, a, j] = M[r_a, j], c[k, a, j] = M[j, r_a]
+            if np.isinf(r).any():
+                k, a, j = (int(v) for v in np.argwhere(np.isinf(r))[0])
+                raise SpecError(f"{where}: infinite value at {name(int(sel[k]))}, entry "
+                                f"({int(rblk[a])}, {j}); expected finite dissimilarities")
+            nan = np.isnan(r)
+            if nan.any():
+                if not n_nan:
+                    k, a, j = (int(v) for v in np.argwhere(nan)[0])
+                    first_nan = f"{name(int(sel[k]))}, entry ({int(rblk[a])}, {j})"
+                n_nan += int(nan.sum())
+            nan |= np.isnan(c)  # pairs with a NaN on either side are not compared
+            r[nan] = 0.0
+            c[nan] = 0.0
+            del nan
+            scale = max(float(r.max()), -float(r.min()), float(c.max()), -float(c.min()), 1e-12)
+            tol = 1e-5 * scale
+            asym = np.abs(np.subtract(r, c, out=c), out=c)  # in place: c is not needed again
+            if asym.max() > tol:
+                k, a, j = (int(v) for v in np.unravel_index(np.argmax(asym), asym.shape))
+                i = int(rblk[a])
+                mirror = fetch(sel[k:k + 1], rblk[a:a + 1])[1][0, 0, j]  # M[j, i], re-read
+                raise SpecError(f"{where}: RDMs must be symmetric, but {name(int(sel[k]))} "
+                                f"has [{i}, {j}] = {r[k, a, j]:.6g} and [{j}, {i}] = "
+                                f"{mirror:.6g} (tolerance {tol:.3g})")
+            diag = np.abs(r[:, np.arange(len(rblk)), rblk])  # (k, b)
+            if diag.max() > tol:
+                k, a = (int(v) for v in np.unravel_index(np.argmax(diag), diag.shape))
+                i = int(rblk[a])
+                raise SpecError(f"{where}: RDMs must have a zero diagonal, but "
+                                f"{name(int(sel[k]))} has [{i}, {i}] = {r[k, a, i]:.6g} "
+                                f"(tolerance {tol:.3g})")
+    if n_nan and nan_policy == "error":
+        part = "" if len(mats) == total and rows_checked is None else " (in the sample checked)"
+        raise SpecError(f"{where}: {n_nan} NaN value(s){part}, the first at {first_nan}; "
+                        f"expected none, or set nan_policy to 'zero' or 'keep' to accept them")
+    return RDMCheck(int(len(mats)), total, n_nan, rows_checked)
+
+
+def _check_column_major_sample(arr: np.ndarray, where: str, nan_policy: str,
+                               budget_bytes: int) -> RDMCheck:
+    """Sampled check of a memory-mapped column-major stack (a v7.3 ``.mat``).
+
+    Stored as ``(n, n, *lead[::-1])``, one of its rows holds one column of every matrix,
+    contiguous on disk, while one matrix is scattered over the whole file. So the sample
+    is a set of conditions (first, last, evenly spaced): their whole columns in every
+    matrix are checked for NaN/inf, and the principal submatrix on them for symmetry and
+    a zero diagonal. Reads about ``budget_bytes`` of the file, one row at a time.
+    """
+    n = arr.shape[-1]
+    lead = arr.shape[:-2]
+    stored = arr.T.reshape(n, n, -1)  # stored[j, i, m] = M_m[i, j]
+    total = stored.shape[2]
+    rows = _even(n, budget_bytes // (n * total * (arr.itemsize + 8)))
+
+    def name(m: int) -> str:
+        idx = np.unravel_index(m, lead[::-1])[::-1] if lead else ()
+        if len(lead) > 1:
+            return f"matrix {tuple(int(i) for i in idx)}"
+        return f"matrix {m if lead else 0}"
+
+    sub = np.empty((len(rows), len(rows), total))  # sub[x, y, m] = M_m[rows[y], rows[x]]
+    n_nan, first_nan = 0, ""
+    for x, i in enumerate(rows):
+        col = np.asarray(stored[i], dtype=np.float64)  # (n, total): col[j, m] = M_m[j, i]
+        if np.isinf(col).any():
+            j, m = (int(v) for v in np.argwhere(np.isinf(col))[0])
+            raise SpecError(f"{where}: infinite value at {name(m)}, entry ({j}, {int(i)}); "
+                            f"expected finite dissimilarities")
+        nan = np.isnan(col)
         if nan.any():
+            if not n_nan:
+                j, m = (int(v) for v in np.argwhere(nan)[0])
+                first_nan = f"{name(m)}, entry ({j}, {int(i)})"
             n_nan += int(nan.sum())
-            if nan_policy == "error":
-                first = tuple(int(i) for i in np.argwhere(nan)[0])
-                raise SpecError(f"{where}: {int(nan.sum())} NaN value(s), the first at matrix "
-                                f"{int(sel[first[0]])}, entry {first[1:]}; set nan_policy to "
-                                f"'zero' or 'keep' to accept them")
-        either = nan | np.swapaxes(nan, 1, 2)  # pairs with a NaN are not compared
-        m = np.nan_to_num(m, nan=0.0)
-        scale = max(float(np.abs(m).max()), 1e-12)
-        tol = 1e-5 * scale
-        asym = np.where(either, 0.0, np.abs(m - np.swapaxes(m, 1, 2)))
-        if asym.max() > tol:
-            b, i, j = (int(v) for v in np.unravel_index(np.argmax(asym), asym.shape))
-            raise SpecError(f"{where}: RDMs must be symmetric, but matrix {int(sel[b])} has "
-                            f"[{i}, {j}] = {m[b, i, j]:.6g} and [{j}, {i}] = {m[b, j, i]:.6g}")
-        diag = np.abs(np.diagonal(m, axis1=1, axis2=2))
-        if diag.max() > tol:
-            b, i = (int(v) for v in np.unravel_index(np.argmax(diag), diag.shape))
-            raise SpecError(f"{where}: RDMs must have a zero diagonal, but matrix {int(sel[b])} "
-                            f"has [{i}, {i}] = {m[b, i, i]:.6g}")
-    return RDMCheck(int(len(idx)), int(total), n_nan)
+        sub[x] = col[rows]
+    if n_nan and nan_policy == "error":
+        raise SpecError(f"{where}: {n_nan} NaN value(s) (in the sample checked), the first at "
+                        f"{first_nan}; expected none, or set nan_policy to 'zero' or 'keep' to "
+                        f"accept them")
+    mirror = sub.transpose(1, 0, 2)
+    skip = np.isnan(sub) | np.isnan(mirror)
+    sub = np.where(skip, 0.0, sub)
+    mirror = sub.transpose(1, 0, 2)
+    tol = 1e-5 * max(float(np.abs(sub).max()), 1e-12)
+    asym = np.abs(sub - mirror)
+    if asym.max() > tol:
+        x, y, m = (int(v) for v in np.unravel_index(np.argmax(asym), asym.shape))
+        i, j = int(rows[y]), int(rows[x])  # sub[x, y] = M[i, j]
+        raise SpecError(f"{where}: RDMs must be symmetric, but {name(m)} has [{i}, {j}] = "
+                        f"{sub[x, y, m]:.6g} and [{j}, {i}] = {sub[y, x, m]:.6g} "
+                        f"(tolerance {tol:.3g})")
+    diag = np.abs(sub[np.arange(len(rows)), np.arange(len(rows))])  # (k, total)
+    if diag.max() > tol:
+        x, m = (int(v) for v in np.unravel_index(np.argmax(diag), diag.shape))
+        i = int(rows[x])
+        raise SpecError(f"{where}: RDMs must have a zero diagonal, but {name(m)} has "
+                        f"[{i}, {i}] = {sub[x, x, m]:.6g} (tolerance {tol:.3g})")
+    return RDMCheck(total, total, n_nan, len(rows) if len(rows) < n else None)
+
+
+def _fetcher(arr: np.ndarray, mapped: bool):
+    """``fetch(sel, rows) -> (r, c)`` float64 blocks of the matrices ``sel`` (flat indices
+    over the leading axes, C order), never copying more than those blocks; and whether the
+    array is column-major (a transposed view, as v7.3 files give)."""
+    n = arr.shape[-1]
+    lead = arr.shape[:-2]
+    if not arr.flags.c_contiguous and arr.T.flags.c_contiguous and arr.ndim >= 2:
+        stored = arr.T.reshape(n, n, -1)  # a view: stored[j, i, m] = M_u[i, j]
+        lead_rev = lead[::-1]
+
+        def to_stored(sel):
+            if not lead:
+                return sel
+            return np.ravel_multi_index(np.unravel_index(sel, lead)[::-1], lead_rev)
+
+        def fetch_f(sel, rows):
+            m = to_stored(sel)
+            r = stored[:, rows[None, :], m[:, None]].transpose(1, 2, 0)  # M[r_a, j]
+            c = stored[rows[None, :], :, m[:, None]]  # (k, b, n): M[j, r_a]
+            return r.astype(np.float64), c.astype(np.float64)
+
+        return fetch_f, True
+    flat = arr.reshape(-1, n, n) if arr.flags.c_contiguous or not mapped else None
+    if flat is None:  # a mapped view of some other layout: matrix by matrix, no full copy
+
+        def fetch_any(sel, rows):
+            mats = [arr[np.unravel_index(int(u), lead)] if lead else arr for u in sel]
+            r = np.stack([np.asarray(m[rows, :]) for m in mats]).astype(np.float64)
+            c = np.stack([np.asarray(m[:, rows]).T for m in mats]).astype(np.float64)
+            return r, c
+
+        return fetch_any, False
+
+    def fetch_c(sel, rows):
+        r = flat[sel[:, None], rows[None, :]]  # (k, b, n)
+        c = flat[sel[:, None], :, rows[None, :]]  # (k, b, n): flat[s, j, r_a]
+        return r.astype(np.float64), c.astype(np.float64)
+
+    return fetch_c, False
 
 
 def correlation_rdm(patterns: np.ndarray) -> np.ndarray:
@@ -274,46 +536,67 @@ def correlation_rdm(patterns: np.ndarray) -> np.ndarray:
     Parameters
     ----------
     patterns : np.ndarray, shape (n_conditions, n_features) or (n_times, n_conditions, n_features)
+        Finite; every condition pattern must vary across features.
 
     Returns
     -------
-    np.ndarray of float64, shape (n, n) or (n_times, n, n), diagonal exactly 0.
+    np.ndarray of float64, shape (n, n) or (n_times, n, n)
+        Symmetric, diagonal exactly 0, values in [0, 2].
+
+    Raises
+    ------
+    SpecError
+        Wrong dimensionality, non-finite values, or a constant pattern.
     """
     x = np.asarray(patterns, dtype=np.float64)
     single = x.ndim == 2
     if single:
         x = x[None]
-    if x.ndim != 3:
+    if x.ndim != 3 or x.shape[1] < 2 or x.shape[2] < 2:
         raise SpecError(f"correlation_rdm expects (n_conditions, n_features) or (n_times, "
-                        f"n_conditions, n_features), got shape {np.shape(patterns)}")
+                        f"n_conditions, n_features) with >= 2 conditions and >= 2 features, "
+                        f"got shape {np.shape(patterns)}")
+    if not np.isfinite(x).all():
+        first = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
+        raise SpecError(f"correlation_rdm: patterns must be finite, got a NaN/inf at "
+                        f"(time, condition, feature) {first}")
     x = x - x.mean(axis=2, keepdims=True)
     norm = np.linalg.norm(x, axis=2, keepdims=True)
     if (norm == 0).any():
-        raise SpecError("correlation_rdm: a condition pattern is constant (zero variance), so "
-                        "its correlation is undefined")
+        t, i, _ = (int(v) for v in np.argwhere(norm == 0)[0])
+        raise SpecError(f"correlation_rdm: condition {i} (time {t}) has a constant pattern "
+                        f"(zero variance), so its correlation is undefined")
     x = x / norm
     rdm = 1.0 - np.einsum("tif,tjf->tij", x, x)
+    rdm = (rdm + rdm.transpose(0, 2, 1)) / 2
     idx = np.arange(rdm.shape[1])
     rdm[:, idx, idx] = 0.0
-    rdm = (rdm + rdm.transpose(0, 2, 1)) / 2
     return rdm[0] if single else rdm
 
 
 def decoding_rdm(epochs: np.ndarray, labels: np.ndarray, n_folds: int = 5,
-                 rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 rng: np.random.Generator | int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Cross-validated pairwise decoding distance per time point.
 
-    For each time point, epochs are split into ``n_folds`` stratified folds; class means
+    Epochs are split into ``n_folds`` stratified folds (each condition's epochs dealt
+    round-robin after a random permutation). For each fold and time point the class means
     come from the training folds, and a held-out epoch of class ``a`` counts as decoded in
     the pair (a, b) when it is nearer (Euclidean, across channels) to mean ``a`` than to
-    mean ``b``. The distance is the pairwise accuracy over both classes' held-out epochs,
-    minus chance (0.5): 0 for indistinguishable conditions, up to 0.5.
+    mean ``b`` (an exact tie counts one half). The distance of (a, b) is the accuracy over
+    the held-out epochs of both classes, pooled over folds, minus chance (0.5): about 0 for
+    indistinguishable conditions (negative values are noise), up to 0.5. Distances of every
+    held-out epoch to every class mean are computed at once; there is no loop over pairs.
 
     Parameters
     ----------
     epochs : np.ndarray, shape (n_epochs, n_channels, n_times)
+        Finite.
     labels : np.ndarray, shape (n_epochs,)
         Condition of each epoch; at least 2 conditions, each with >= ``n_folds`` epochs.
+    n_folds : int
+        >= 2.
+    rng : np.random.Generator, int or None
+        Fold assignment (None: ``default_rng(0)``, deterministic).
 
     Returns
     -------
@@ -321,41 +604,56 @@ def decoding_rdm(epochs: np.ndarray, labels: np.ndarray, n_folds: int = 5,
         Symmetric, zero diagonal.
     conditions : np.ndarray, shape (n_conditions,)
         The condition of each row, sorted.
+
+    Raises
+    ------
+    SpecError
+        Wrong shapes, non-finite epochs, fewer than 2 conditions, ``n_folds < 2``, or a
+        condition with fewer epochs than folds.
     """
     x = np.asarray(epochs, dtype=np.float64)
     y = np.asarray(labels)
     if x.ndim != 3 or y.shape != (x.shape[0],):
         raise SpecError(f"decoding_rdm expects epochs (n_epochs, n_channels, n_times) and one "
                         f"label per epoch, got {x.shape} and {y.shape}")
+    if not np.isfinite(x).all():
+        first = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
+        raise SpecError(f"decoding_rdm: epochs must be finite, got a NaN/inf at (epoch, "
+                        f"channel, time) {first}")
+    if int(n_folds) != n_folds or n_folds < 2:
+        raise SpecError(f"decoding_rdm: n_folds must be an integer >= 2, got {n_folds!r}")
+    n_folds = int(n_folds)
     conds, y_idx, counts = np.unique(y, return_inverse=True, return_counts=True)
     if len(conds) < 2:
         raise SpecError(f"decoding_rdm needs at least 2 conditions, got {conds.tolist()}")
-    if counts.min() < n_folds or n_folds < 2:
-        raise SpecError(f"decoding_rdm: every condition needs >= n_folds = {n_folds} (>= 2) "
-                        f"epochs, but condition {conds[np.argmin(counts)].item()!r} has {counts.min()}")
-    rng = rng or np.random.default_rng(0)
+    if counts.min() < n_folds:
+        worst = int(np.argmin(counts))
+        raise SpecError(f"decoding_rdm: every condition needs >= n_folds = {n_folds} epochs, "
+                        f"but condition {conds[worst].item()!r} has {int(counts[worst])}")
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(
+        0 if rng is None else rng)
     fold = np.empty(len(y), dtype=int)
     for c in range(len(conds)):
         members = rng.permutation(np.flatnonzero(y_idx == c))
         fold[members] = np.arange(len(members)) % n_folds
-    k = len(conds)
-    hits = np.zeros((x.shape[2], k, k))
-    trials = np.zeros((k, k))
-    onehot = np.eye(k)[y_idx]  # (n, k)
+    k, n_times = len(conds), x.shape[2]
+    hits = np.zeros((n_times, k, k))
+    tested = np.zeros(k)
+    onehot = np.eye(k)[y_idx]  # (n_epochs, k)
     for f in range(n_folds):
         train, test = fold != f, fold == f
-        w = onehot[train] / onehot[train].sum(0)  # (n_train, k)
+        w = onehot[train] / onehot[train].sum(0)  # (n_train, k): averaging weights
         means = np.einsum("nk,nct->tkc", w, x[train])  # (t, k, c)
         xt = x[test].transpose(2, 0, 1)  # (t, n_test, c)
         dist = (np.einsum("tnc,tnc->tn", xt, xt)[:, :, None]
                 - 2 * np.einsum("tnc,tkc->tnk", xt, means)
                 + np.einsum("tkc,tkc->tk", means, means)[:, None, :])  # (t, n_test, k)
-        own = np.take_along_axis(dist, y_idx[test][None, :, None].repeat(x.shape[2], 0), axis=2)
-        correct = (own < dist).astype(float)  # (t, n_test, k): nearer to own than to class j
+        own = np.take_along_axis(dist, np.broadcast_to(y_idx[test][None, :, None],
+                                                       (n_times, int(test.sum()), 1)), axis=2)
+        correct = (own < dist) + 0.5 * (own == dist)  # (t, n_test, j): nearer own than j
         hits += np.einsum("tnj,ni->tij", correct, onehot[test])
-        trials += onehot[test].sum(0)[:, None] * np.ones((1, k))
-    acc_pair = (hits + hits.transpose(0, 2, 1)) / (trials + trials.T)[None]
-    rdm = acc_pair - 0.5
+        tested += onehot[test].sum(0)
+    rdm = (hits + hits.transpose(0, 2, 1)) / (tested[:, None] + tested[None, :])[None] - 0.5
     idx = np.arange(k)
     rdm[:, idx, idx] = 0.0
     return rdm, conds
