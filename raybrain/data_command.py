@@ -26,8 +26,8 @@ def add_data_subparsers(sub) -> None:
     i.add_argument("--key", help="array name inside .npz/.mat/.h5 files")
     i.add_argument("--mask", help="brain mask (NIfTI) for --as voxels")
     i.add_argument("--labels", help="dimension labels file for --as spose")
-    c = dsub.add_parser("convert-spikes", help="convert a trusted nelpy-style spike file "
-                        "(pickled per-unit arrays) once into raybrain's plain spike format")
+    c = dsub.add_parser("convert-spikes", help="convert a nelpy-style spike file "
+                        "(per-unit arrays, numpy arrays only) once into raybrain's plain spike format")
     c.add_argument("src", help="the nelpy-style .npz (spike_times_s, pos_time_s, pos_x_px)")
     c.add_argument("dst", help="the plain .npz to write")
 

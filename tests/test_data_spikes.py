@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,3 +189,37 @@ def test_cli_converts_the_pickled_example_once_and_inspects_it(tmp_path):
     assert again.returncode == 0 and "rates 0.02..4.04 Hz (mean 0.47)" in again.stdout
     bad = cli("convert-spikes", str(tmp_path / "rat.npz"), str(tmp_path / "x.npz"))
     assert bad.returncode == 2 and "lacks ['spike_times_s', 'pos_time_s', 'pos_x_px']" in bad.stderr
+
+
+class _RunsCode:
+    """An object whose unpickling calls a function: what a crafted data file would hold."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_convert_rebuilds_numeric_object_arrays_and_refuses_anything_else(tmp_path):
+    units = [np.array([0.5, 1.5, 2.0]), np.array([0.25, 3.0])]
+    spikes = np.empty(2, dtype=object)
+    spikes[:] = units
+    good = tmp_path / "nelpy.npz"
+    np.savez(good, spike_times_s=spikes, pos_time_s=np.arange(4.0),
+             pos_x_px=np.array([1, 2, 3, 4], dtype=np.uint16))
+    rec = convert_nelpy_npz(good, tmp_path / "plain.npz")
+    assert rec.n_units == 2
+    np.testing.assert_array_equal(rec.spike_times, [0.25, 0.5, 1.5, 2.0, 3.0])
+    np.testing.assert_array_equal(rec.unit_index, [1, 0, 0, 0, 1])
+    np.testing.assert_array_equal(rec.aux_values, [1, 2, 3, 4])
+
+    marker = tmp_path / "code-ran"
+    crafted = np.empty(2, dtype=object)
+    crafted[:] = [np.zeros(2), _RunsCode(str(marker))]
+    bad = tmp_path / "crafted.npz"
+    np.savez(bad, spike_times_s=crafted, pos_time_s=np.arange(4.0), pos_x_px=np.arange(4))
+    with pytest.raises(SpecError, match="refused global pathlib") as err:
+        convert_nelpy_npz(bad, tmp_path / "out.npz")
+    assert "\n" not in str(err.value)
+    assert not marker.exists() and not (tmp_path / "out.npz").exists()

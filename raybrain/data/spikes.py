@@ -15,8 +15,8 @@ File format (``.npz``, plain arrays, read with ``allow_pickle=False``):
 
 Other keys are kept in :attr:`SpikeRecording.extra` (e.g. the episode sequences of the
 memory task). :func:`convert_nelpy_npz` turns the rat hippocampus example (an object
-array of per-unit spike times, which needs unpickling) into this format once; raybrain
-never unpickles at run time.
+array of per-unit spike times, stored pickled) into this format once, admitting numpy's
+array classes only; raybrain never unpickles a data file with a general unpickler.
 
 B2M pre-processing (paper appendix): spikes aligned to each stimulus, a pre-stimulus
 window ``-1..0 s`` in 10 ms bins (100 bins) and the post-stimulus window ``0..reaction
@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,28 +167,73 @@ def load_spikes(path: str | os.PathLike) -> SpikeRecording:
     return rec
 
 
+# the only globals an object array of plain numeric arrays needs (numpy 1.x and 2.x names)
+_ARRAY_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+}
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Rebuilds numpy arrays and nothing else: any other global (a function, a class
+    that runs code on load) is refused before it is looked up."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _ARRAY_GLOBALS:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _read_npz_member(z: zipfile.ZipFile, key: str, where: str) -> np.ndarray:
+    """One array of an ``.npz``; object arrays through :class:`_ArrayOnlyUnpickler`."""
+    with z.open(f"{key}.npy") as fp:
+        version = np.lib.format.read_magic(fp)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
+        if not dtype.hasobject:
+            raw = fp.read()
+            a = np.frombuffer(raw, dtype=dtype, count=int(np.prod(shape)))
+            return a.reshape(shape, order="F" if fortran else "C")
+        try:
+            a = _ArrayOnlyUnpickler(fp).load()
+        except (pickle.UnpicklingError, EOFError, AttributeError, TypeError) as exc:
+            raise SpecError(f"{where}: '{key}' holds pickled objects other than numeric "
+                            f"arrays ({exc}); expected per-unit arrays of spike times") from None
+    if not isinstance(a, np.ndarray) or any(
+            not isinstance(x, np.ndarray) or x.dtype.hasobject for x in a.ravel()):
+        raise SpecError(f"{where}: '{key}' is not an array of numeric arrays")
+    return a
+
+
 def convert_nelpy_npz(src: str | os.PathLike, dst: str | os.PathLike) -> SpikeRecording:
     """One-off conversion of nelpy's parsed example (per-unit object array) to our format.
 
-    This is the one place raybrain unpickles: run it once, on a file you trust (the
-    shared rat hippocampus example), and use the plain ``dst`` file from then on. Keys:
-    ``spike_times_s`` (object array of per-unit times), ``pos_time_s``, ``pos_x_px``.
+    The per-unit spike times are an object array, stored pickled. They are rebuilt by an
+    unpickler that admits numpy's array classes only, so a crafted file cannot run code;
+    use the plain ``dst`` file from then on. Keys: ``spike_times_s`` (object array of
+    per-unit times), ``pos_time_s``, ``pos_x_px``.
     """
     where = f"spike file '{os.fspath(src)}'"
     try:
-        d = np.load(src, allow_pickle=True)
-    except (ValueError, OSError, EOFError) as exc:
-        raise SpecError(f"{where} could not be read ({str(exc).splitlines()[0]})") from None
-    if not isinstance(d, np.lib.npyio.NpzFile):
-        raise SpecError(f"{where} holds a single array; expected nelpy's parsed .npz")
-    missing = [k for k in ("spike_times_s", "pos_time_s", "pos_x_px") if k not in d.files]
-    if missing:
-        raise SpecError(f"{where} lacks {missing}; expected nelpy's parsed example keys "
-                        f"spike_times_s, pos_time_s, pos_x_px")
-    with d:
-        per_unit = [np.asarray(x, dtype=np.float64) for x in d["spike_times_s"]]
-        pos_t = np.asarray(d["pos_time_s"], dtype=np.float64)
-        pos_x = np.asarray(d["pos_x_px"], dtype=np.float64)
+        z = zipfile.ZipFile(src)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise SpecError(f"{where} could not be read as an .npz ({str(exc).splitlines()[0]}); "
+                        f"expected nelpy's parsed .npz") from None
+    with z:
+        names = {n[:-4] for n in z.namelist() if n.endswith(".npy")}
+        missing = [k for k in ("spike_times_s", "pos_time_s", "pos_x_px") if k not in names]
+        if missing:
+            raise SpecError(f"{where} lacks {missing}; expected nelpy's parsed example keys "
+                            f"spike_times_s, pos_time_s, pos_x_px")
+        try:
+            spikes = _read_npz_member(z, "spike_times_s", where)
+            pos_t = np.asarray(_read_npz_member(z, "pos_time_s", where), dtype=np.float64)
+            pos_x = np.asarray(_read_npz_member(z, "pos_x_px", where), dtype=np.float64)
+        except (ValueError, OSError, zipfile.BadZipFile) as exc:
+            raise SpecError(f"{where} could not be read ({str(exc).splitlines()[0]})") from None
+    per_unit = [np.asarray(x, dtype=np.float64) for x in spikes.ravel()]
     times = np.concatenate(per_unit)
     units = np.concatenate([np.full(len(x), i) for i, x in enumerate(per_unit)])
     order = np.argsort(times, kind="stable")
