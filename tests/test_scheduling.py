@@ -64,7 +64,7 @@ def test_private_local_ray_and_loopback_dashboard():
     kw = ray_init_kwargs(None, num_cpus=2, dashboard=True)
     # "local": a new instance even when another Ray runs on this machine
     assert kw["address"] == "local" and kw["num_cpus"] == 2
-    assert kw["_node_ip_address"] == "127.0.0.1"  # every port of it on loopback
+    assert kw["_node_ip_address"] == "127.0.0.1"  # its node address is loopback
     assert kw["include_dashboard"] is True and kw["dashboard_host"] == "127.0.0.1"
     assert ray_init_kwargs(None)["include_dashboard"] is False
     assert ray_init_kwargs("auto")["address"] == "auto"
@@ -83,3 +83,42 @@ def test_the_ray_token_is_only_offered_to_this_machine(monkeypatch, tmp_path):
     assert "RAY_AUTH_MODE" not in os.environ  # a remote host gets no token unasked
     use_ray_token("http://127.0.0.1:8265")
     assert os.environ["RAY_AUTH_MODE"] == "token"
+
+
+_LISTENERS = """
+import json, psutil, ray, time
+from raybrain.sweep.cluster import ray_init_kwargs
+ctx = ray.init(**ray_init_kwargs(None, num_cpus=1, dashboard=True))
+port = int(ctx.dashboard_url.rsplit(":", 1)[1])
+ips = set()
+for _ in range(40):  # the Jobs API is served by the dashboard process once it is up
+    ips = {c.laddr.ip for c in psutil.net_connections(kind="inet")
+           if c.status == "LISTEN" and c.laddr.port == port}
+    if ips:
+        break
+    time.sleep(0.25)
+from ray.job_submission import JobSubmissionClient
+jobs = JobSubmissionClient("http://" + ctx.dashboard_url).list_jobs()
+print(json.dumps({"url": ctx.dashboard_url, "ips": sorted(ips),
+                  "jobs": sorted(str(j.type).rsplit(".", 1)[-1] for j in jobs)}))
+ray.shutdown()
+"""
+
+
+@pytest.mark.integration
+def test_the_dashboard_and_jobs_api_raybrain_starts_listen_on_loopback_only():
+    """A real private Ray with ``--dashboard``: its dashboard (which serves the Jobs API)
+    accepts connections on 127.0.0.1 and on no other interface."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    out = subprocess.run([sys.executable, "-c", _LISTENERS], capture_output=True, text=True,
+                         timeout=180, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["url"].startswith("127.0.0.1:")
+    assert got["ips"] == ["127.0.0.1"], got
+    assert got["jobs"] == ["DRIVER"]  # the Jobs API answered there, listing this driver
