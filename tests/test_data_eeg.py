@@ -72,7 +72,7 @@ def test_real_eeglab_epochs_to_time_resolved_rdm():
     """EEGLAB tutorial: 80 'square' onsets split by the stimulus position the .set stores."""
     import scipy.io
 
-    from raybrain.data.rdm import decoding_rdm
+    from raybrain.data.rdm_compute import decoding_rdm
 
     path = _real("eeglab_tutorial/eeglab_data.set")
     raw = read_raw(path)
@@ -100,7 +100,7 @@ def test_real_evoked_fif_correlation_rdm():
     """MNE sample subject: 4 evoked conditions -> a time-resolved correlation RDM."""
     import mne
 
-    from raybrain.data.rdm import correlation_rdm
+    from raybrain.data.rdm_compute import correlation_rdm
 
     path = _real("mne_testdata/test-ave.fif.gz")
     evokeds = mne.read_evokeds(path, verbose="ERROR")

@@ -11,13 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from raybrain.data.rdm import (
-    correlation_rdm,
-    decoding_rdm,
-    is_memory_mapped,
-    load_rdm,
-    validate_rdm,
-)
+from raybrain.data.rdm import is_memory_mapped, load_rdm, validate_rdm
+from raybrain.data.rdm_compute import correlation_rdm, decoding_rdm
 from raybrain.errors import SpecError
 from tests.conftest import ROOT, SHARED_DATA
 

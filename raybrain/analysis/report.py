@@ -532,11 +532,10 @@ def render_html(data: ReportData, parent, children, images: list[tuple[Panel, st
                  "<h2>Alignment with the real brain</h2>", _alignment(data),
                  "<h2>Figures</h2>", _figures(images, out),
                  f"<h2>Child runs ({len(children)})</h2>", _children(children),
-                 f'<p class="small">Also in this directory: verdict.csv (the verdict table), '
-                 f"epochs.csv (every metric per epoch, mean and s.e.m. over seeds per config and "
-                 f"arm) and "
-                 f"each figure as PNG and SVG; logged to the parent run under report/ unless "
-                 f"--no-log.</p>"]
+                 '<p class="small">Also in this directory: verdict.csv (the verdict table), '
+                 "epochs.csv (every metric per epoch, mean and s.e.m. over seeds per config and "
+                 "arm) and each figure as PNG and SVG; logged to the parent run under report/ "
+                 "unless --no-log.</p>"]
     body = "\n".join(sections)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'

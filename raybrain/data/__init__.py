@@ -8,6 +8,7 @@ modules, which load MNE, CEBRA, h5py or nibabel only when used):
 - :mod:`raybrain.data.spikes` - spike files, binning, B2M alignment, CEBRA embeddings;
 - :mod:`raybrain.data.memory_spikes` - spike sessions to memory-task embeddings;
 - :mod:`raybrain.data.rdm` - RDM files (memory-mapped when large) and validation;
+- :mod:`raybrain.data.rdm_compute` - correlation and decoding RDMs from patterns and epochs;
 - :mod:`raybrain.data.embeddings` - SPoSE embeddings and fMRI voxel arrays;
 - :mod:`raybrain.data.cache` - the prepared-data cache (atomic, built once);
 - :mod:`raybrain.data.driving`, :mod:`raybrain.data.driving_scenes` - the B2M driving

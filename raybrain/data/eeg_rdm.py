@@ -18,7 +18,8 @@ import numpy as np
 
 from raybrain.data.cache import cached_arrays
 from raybrain.data.eeg import EEGPrep, epochs_data, event_times, preprocess, read_raw, recording_summary
-from raybrain.data.rdm import correlation_rdm, decoding_rdm, validate_rdm
+from raybrain.data.rdm import validate_rdm
+from raybrain.data.rdm_compute import correlation_rdm, decoding_rdm
 from raybrain.errors import SpecError
 
 __all__ = ["EpochRDMs", "prepare_epoch_rdms"]
