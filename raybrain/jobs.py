@@ -111,24 +111,11 @@ def _warn(line: str) -> None:
     print(f"warning: {line}", file=sys.stderr, flush=True)
 
 
-def _data_paths(data: Any, key: str = "data", path_key: bool = False):
-    """``(key, value)`` of every path string of the data section (see ``is_data_path_key``:
-    ``path``, ``eeg``, ``frames``, ``spikes``, ``*_path``, ``*_file``, ``*_dir``, ...)."""
-    from raybrain.sweep.spec import is_data_path_key
-
-    if isinstance(data, dict):
-        for k, v in data.items():
-            yield from _data_paths(v, f"{key}.{k}", is_data_path_key(str(k)))
-    elif isinstance(data, list):
-        for i, v in enumerate(data):
-            yield from _data_paths(v, f"{key}[{i}]", path_key)
-    elif isinstance(data, str) and path_key and data:
-        yield key, data
-
-
 def _check_data_paths(spec, source: str, workdir: Path) -> None:
     """Data files travel with the working directory, or sit where the cluster sees them."""
-    for key, value in _data_paths(spec.data):
+    import raybrain.tasks as tasks
+
+    for key, value in tasks.get(spec.task).data_path_items(spec.data):
         if "://" in value:
             continue
         path = Path(value).expanduser()

@@ -173,7 +173,8 @@ def _hand_data(spec, task="b2m-memory", level=None, charts=None) -> ReportData:
                 "diverged": arm == "noise" and seed == 0, "baseline": baseline,
                 "align_cka": 0.6 if arm == "brain" else 0.3 + 0.01 * seed,
                 "align_rsa": 0.5 + 0.01 * seed if arm == "brain" else 0.2}))
-    table = build_verdict([r.record for r in runs], expected_arms=list(spec.arms.include))
+    table = build_verdict([r.record for r in runs], expected_arms=list(spec.arms.include),
+                          align_metrics={"align_cka": "max", "align_rsa": "max"})
     return ReportData(sweep="hand", task=task, spec=spec, table=table, runs=runs,
                       primary_metric="test_accuracy", primary_mode="max", param=spec.primary,
                       charts=charts or load_dashboard("b2m-memory", "test_accuracy"),

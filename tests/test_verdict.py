@@ -113,8 +113,11 @@ def test_diverged_runs_rank_worst_and_are_counted():
     assert "1/5" in format_table(table)
 
 
+ALIGN = {"align_cka": "max", "align_rsa": "max"}
+
+
 def test_alignment_questions():
-    table = build_verdict(_records())
+    table = build_verdict(_records(), align_metrics=ALIGN)
     rows = {(r["metric"], r["comparison"]): r for r in table.of("alignment")}
     q1 = rows[("align_cka", "shuffled")]
     assert q1["diff"] == pytest.approx(0.5) and q1["p_mannwhitney"] == pytest.approx(1 / 252)
@@ -122,6 +125,25 @@ def test_alignment_questions():
     # computed over the 15 brain-dependent runs (gain over 'none' at the same seed)
     assert q2["n"] == 15 and -1 <= q2["r"] <= 1
     assert rows[("align_rsa", "gain vs alignment")]["note"].startswith("not computable")
+
+
+def test_alignment_metrics_come_from_the_task_with_their_direction():
+    """A distance (lower is better) is tested in its own direction: the same numbers that
+    show 'brain aligned more' for a "max" metric show the opposite for a "min" one."""
+    recs = _records()
+    for r in recs:
+        r["gw_distance"] = r["align_cka"]
+    hi = build_verdict(recs, align_metrics={"gw_distance": "max"})
+    lo = build_verdict(recs, align_metrics={"gw_distance": "min"})
+    row_hi = next(r for r in hi.of("alignment") if r["comparison"] == "shuffled")
+    row_lo = next(r for r in lo.of("alignment") if r["comparison"] == "shuffled")
+    assert row_hi["p_mannwhitney"] == pytest.approx(1 / 252)  # brain's values are higher
+    assert row_lo["p_mannwhitney"] == pytest.approx(1.0)      # ... which is worse for a distance
+    assert row_hi["diff"] == row_lo["diff"] == pytest.approx(0.5)
+    gain = next(r for r in lo.of("alignment") if r["comparison"] == "gain vs alignment")
+    assert "better when lower" in gain["note"]
+    # a task that declares no alignment metric gets no alignment rows
+    assert build_verdict(recs).of("alignment") == []
 
 
 def test_single_seed_is_not_computable():

@@ -52,9 +52,16 @@ _PANEL_KEYS = {
 
 
 # --------------------------------------------------------------------------- dashboards
-def default_charts(primary_metric: str) -> dict[str, dict[str, Any]]:
-    """Chart definitions used when a task has no dashboard file (or leaves a key out)."""
+def default_charts(primary_metric: str,
+                   align_metrics: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Chart definitions used when a task has no dashboard file (or leaves a key out).
+
+    ``align_metrics``: the task's declared alignment metrics (default: CKA and RSA).
+    """
     words = primary_metric.replace("_", " ")
+    if align_metrics is None:
+        align_metrics = ["align_cka", "align_rsa"]
+    known = {"align_cka": "linear CKA", "align_rsa": "RSA (Spearman)"}
     return {
         "trajectory": {"metric": primary_metric, "title": f"{words} over epochs",
                        "ylabel": words, "show": True},
@@ -62,15 +69,16 @@ def default_charts(primary_metric: str) -> dict[str, dict[str, Any]]:
                  "ylabel": f"area ({words}, mean over epochs)", "show": True},
         "final": {"title": f"{words} at the end of training", "ylabel": f"final {words}",
                   "show": True},
-        "alignment": {"metrics": ["align_cka", "align_rsa"],
-                      "labels": {"align_cka": "linear CKA", "align_rsa": "RSA (Spearman)"},
-                      "title": "alignment with the real brain (held-out steps)", "show": True},
+        "alignment": {"metrics": list(align_metrics),
+                      "labels": {m: known.get(m, m.replace("_", " ")) for m in align_metrics},
+                      "title": "alignment with the real brain (held-out data)",
+                      "show": bool(align_metrics)},
         "divergence": {"title": "diverged runs per arm", "show": True},
     }
 
 
-def load_dashboard(task: str, primary_metric: str,
-                   directory: str | Path | None = None) -> dict[str, dict[str, Any]]:
+def load_dashboard(task: str, primary_metric: str, directory: str | Path | None = None,
+                   align_metrics: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """The chart definitions for ``task``: ``<directory>/<task>.yaml`` over the defaults.
 
     The file has a ``panels:`` mapping from panel name to its settings. Standard panels
@@ -80,7 +88,7 @@ def load_dashboard(task: str, primary_metric: str,
     """
     import yaml
 
-    charts = default_charts(primary_metric)
+    charts = default_charts(primary_metric, align_metrics)
     path = Path(directory or DASHBOARDS_DIR) / f"{task}.yaml"
     if not path.is_file():
         return charts
@@ -595,7 +603,8 @@ def _gain_points(data: ReportData, metric: str):
     pts = []
     for r in data.runs:
         rec = r.record
-        if rec["baseline"] or not math.isfinite(rec["area"]) or not math.isfinite(rec[metric]):
+        if (rec["baseline"] or not math.isfinite(rec["area"])
+                or not math.isfinite(rec.get(metric, math.nan))):
             continue
         ref = none.get((rec["baseline_key"], rec["seed"]), 0.0)
         pts.append((rec[metric], sign * (rec["area"] - ref), r.arm))
@@ -618,7 +627,8 @@ def alignment_panel(data: ReportData, chart: dict[str, Any]) -> Panel:
         for k, arm in enumerate(arms):
             xs, ys, es = [], [], []
             for config in configs:
-                mean, sem = _mean_sem([r.record[metric] for r in data.config_runs(config, arm)])
+                mean, sem = _mean_sem([r.record.get(metric, math.nan)
+                                       for r in data.config_runs(config, arm)])
                 if mean is None:
                     continue
                 xs.append(xaxis.pos[config])
@@ -631,7 +641,7 @@ def alignment_panel(data: ReportData, chart: dict[str, Any]) -> Panel:
 
         def base_stats(config, arm, metric=metric):
             runs = data.baseline_runs(config, arm)
-            mean, sem = _mean_sem([r.record[metric] for r in runs])
+            mean, sem = _mean_sem([r.record.get(metric, math.nan) for r in runs])
             if mean is None:
                 return None
             return mean, sem, data.best_l2_arm(config) if arm == "best_l2" else arm

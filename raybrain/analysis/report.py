@@ -166,14 +166,16 @@ def build_report(sweep: str, tracking_uri: str = DEFAULT_URI, experiment: str = 
     children = tracker.child_runs()
     runs = []
     for run in children:
-        recs = runs_to_records([run], task.primary_metric, table.stage)
+        recs = runs_to_records([run], task.primary_metric, table.stage,
+                               tuple(task.align_metrics))
         if recs:
             runs.append(RunInfo(run.info.run_id, run.info.run_name or "", recs[0]))
 
     def history(run_id: str, metric: str) -> list[tuple[int, float]]:
         return [(m.step, m.value) for m in client.get_metric_history(run_id, metric)]
 
-    charts = load_dashboard(spec.task, task.primary_metric, dashboards_dir)
+    charts = load_dashboard(spec.task, task.primary_metric, dashboards_dir,
+                            align_metrics=list(task.align_metrics))
     data = ReportData(sweep=name, task=spec.task, spec=spec, table=table, runs=runs,
                       primary_metric=task.primary_metric, primary_mode=task.primary_mode,
                       param=spec.primary, charts=charts, history_fn=history)

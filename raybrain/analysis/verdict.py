@@ -12,7 +12,8 @@ confirmation stage when there is one, else the search). For every brain config:
   means (paired when the seeds pair up);
 - the verdict: "brain helps" when the Holm-corrected Mann-Whitney p (the B2M paper's test)
   is below the spec's significance against every control the sweep has;
-- alignment: did brain runs align more with the real brain (final CKA and RSA) than
+- alignment: did brain runs align more with the real brain (the task's declared alignment
+  metrics, each in its own direction: a CKA is better higher, a GW distance lower) than
   shuffled and noise runs, and does the performance gain over ``none`` at the same seed
   track alignment across runs (Spearman correlation).
 
@@ -35,7 +36,6 @@ from raybrain.analysis import stats
 from raybrain.tasks.base import validation_metric
 
 CONTROL_ORDER = ("shuffled", "noise")
-ALIGN_METRICS = ("align_cka", "align_rsa")
 COLUMNS = ["kind", "config", "arm", "control", "comparison", "metric", "n", "mean", "sem",
            "median", "best", "diverged", "diverged_rate", "p_mannwhitney", "p_wilcoxon",
            "p_mannwhitney_holm", "p_wilcoxon_holm", "diff", "ci_low", "ci_high", "r",
@@ -75,8 +75,12 @@ class VerdictTable:
 
 
 # --------------------------------------------------------------------------- records
-def runs_to_records(runs, primary: str, stage: str | None = None) -> list[dict[str, Any]]:
-    """Finished child runs (MLflow ``Run`` objects) -> flat records for :func:`build_verdict`."""
+def runs_to_records(runs, primary: str, stage: str | None = None,
+                    align_metrics=()) -> list[dict[str, Any]]:
+    """Finished child runs (MLflow ``Run`` objects) -> flat records for :func:`build_verdict`.
+
+    ``align_metrics``: names of the task's alignment metrics (their final values are kept).
+    """
     out = []
     for r in runs:
         t, m = r.data.tags, r.data.metrics
@@ -97,7 +101,7 @@ def runs_to_records(runs, primary: str, stage: str | None = None) -> list[dict[s
             "diverged": bool(diverged),
             "baseline": t.get("raybrain.brain_source", "None") == "None",
         }
-        for a in ALIGN_METRICS:
+        for a in align_metrics:
             rec[a] = m.get(f"final_{a}", math.nan)
         out.append(rec)
     return out
@@ -186,12 +190,15 @@ def _holm_by_group(rows: list[dict[str, Any]]) -> None:
 # --------------------------------------------------------------------------- build
 def build_verdict(records: list[dict[str, Any]], primary: str = "test_accuracy",
                   mode: str = "max", significance: float = 0.05,
-                  expected_arms: list[str] | None = None, stage: str = "search") -> VerdictTable:
+                  expected_arms: list[str] | None = None, stage: str = "search",
+                  align_metrics: dict[str, str] | None = None) -> VerdictTable:
     """Build the verdict from run records (see :func:`runs_to_records` for the fields).
 
     ``expected_arms``: the arms the spec asked for; a missing one is reported as a
-    comparison that cannot be made.
+    comparison that cannot be made. ``align_metrics``: the task's alignment metrics and
+    their direction (``{"align_cka": "max", "gw_distance": "min"}``).
     """
+    align_metrics = dict(align_metrics or {})
     table = VerdictTable(primary=primary, significance=significance, stage=stage)
     sign = 1.0 if mode == "max" else -1.0
     expected = list(expected_arms) if expected_arms else sorted({r["arm"] for r in records})
@@ -247,7 +254,7 @@ def build_verdict(records: list[dict[str, Any]], primary: str = "test_accuracy",
                        **_compare(groups["brain"], groups[arm], metric, sign)}
                 tests.append(row)
                 table.rows.append(row)
-        _alignment_rows(table, label, groups)
+        _alignment_rows(table, label, groups, align_metrics)
     _holm_by_group(tests)
     for cid_label in table.configs():
         for metric in ("final", "area"):
@@ -266,51 +273,62 @@ def build_verdict(records: list[dict[str, Any]], primary: str = "test_accuracy",
                                "verdict": verdict,
                                "note": f"Holm-corrected exact Mann-Whitney p < {significance} "
                                        f"against each of: {versus}"})
-    _alignment_tracking(table, records, sign)
+    _alignment_tracking(table, records, sign, align_metrics)
     return table
 
 
-def _alignment_rows(table: VerdictTable, label: str, groups) -> None:
-    """Did the brain arm align more with the real brain than its brain-data controls?"""
-    for metric in ALIGN_METRICS:
-        brain = [r for r in groups["brain"] if math.isfinite(r[metric])]
+def _alignment_rows(table: VerdictTable, label: str, groups,
+                    align_metrics: dict[str, str]) -> None:
+    """Did the brain arm align more with the real brain than its brain-data controls?
+
+    One-sided in each metric's direction; ``diff`` is brain - control as measured (for a
+    "min" metric a negative diff means brain aligned more).
+    """
+    for metric, mode in align_metrics.items():
+        s = 1.0 if mode == "max" else -1.0
+        brain = [r for r in groups["brain"] if math.isfinite(r.get(metric, math.nan))]
         if not brain:
             continue
         for control in CONTROL_ORDER:
-            other = [r for r in groups.get(control, []) if math.isfinite(r[metric])]
+            other = [r for r in groups.get(control, []) if math.isfinite(r.get(metric, math.nan))]
             if not other:
                 continue
             a, b = [r[metric] for r in brain], [r[metric] for r in other]
             table.rows.append({
                 "kind": "alignment", "config": label, "arm": "brain", "control": control,
                 "comparison": control, "metric": metric, "n": min(len(a), len(b)),
-                "mean": float(np.mean(a)), "diff": float(np.mean(a) - np.mean(b)),
-                "p_mannwhitney": stats.mann_whitney_greater(a, b)
+                "mode": mode, "mean": float(np.mean(a)), "diff": float(np.mean(a) - np.mean(b)),
+                "p_mannwhitney": stats.mann_whitney_greater([s * x for x in a], [s * x for x in b])
                 if len(a) >= 2 and len(b) >= 2 else None})
 
 
-def _alignment_tracking(table: VerdictTable, records, sign: float) -> None:
-    """Across brain-dependent runs: Spearman r between final alignment and the gain in
-    trajectory area over the ``none`` run of the same seed (raw area when there is none)."""
+def _alignment_tracking(table: VerdictTable, records, sign: float,
+                        align_metrics: dict[str, str]) -> None:
+    """Across brain-dependent runs: Spearman r between final alignment (as measured) and
+    the gain in trajectory area over the ``none`` run of the same seed (raw area when there
+    is none). For a "min" metric (a distance) gain tracking alignment shows as r < 0."""
     from scipy.stats import spearmanr
 
     none = {(r["baseline_key"], r["seed"]): r["area"] for r in records
             if r["arm"] == "none" and math.isfinite(r["area"])}
     runs = [r for r in records if not r["baseline"] and math.isfinite(r["area"])]
-    for metric in ALIGN_METRICS:
+    for metric, mode in align_metrics.items():
         pts = [(r[metric], sign * (r["area"] - none.get((r["baseline_key"], r["seed"]), 0.0)))
-               for r in runs if math.isfinite(r[metric])]
+               for r in runs if math.isfinite(r.get(metric, math.nan))]
         if len(pts) < 3 or len({p[0] for p in pts}) < 2 or len({p[1] for p in pts}) < 2:
             table.rows.append({"kind": "alignment", "config": "", "metric": metric,
                                "comparison": "gain vs alignment", "n": len(pts),
                                "note": "not computable (fewer than 3 runs or no variation)"})
             continue
         res = spearmanr([p[0] for p in pts], [p[1] for p in pts])
+        oriented = ("" if mode == "max" else
+                    f"; {metric} is better when lower, so r < 0 means gain tracks alignment")
         table.rows.append({"kind": "alignment", "config": "", "metric": metric,
                            "comparison": "gain vs alignment", "n": len(pts),
                            "r": float(res.statistic), "p_mannwhitney": None,
                            "note": f"Spearman r across runs, p = {float(res.pvalue):.3g} "
-                                   f"(two-sided); gain = area - area of 'none' at the same seed"})
+                                   f"(two-sided); gain = area - area of 'none' at the same "
+                                   f"seed{oriented}"})
 
 
 def verdict_table(tracker, spec) -> VerdictTable:
@@ -319,9 +337,10 @@ def verdict_table(tracker, spec) -> VerdictTable:
 
     task = tasks.get(spec.task)
     stage = spec.verdict_stage
-    return build_verdict(runs_to_records(tracker.child_runs(), task.primary_metric, stage),
+    return build_verdict(runs_to_records(tracker.child_runs(), task.primary_metric, stage,
+                                         tuple(task.align_metrics)),
                          task.primary_metric, task.primary_mode, spec.significance,
-                         spec.arms.include, stage)
+                         spec.arms.include, stage, task.align_metrics)
 
 
 # --------------------------------------------------------------------------- text

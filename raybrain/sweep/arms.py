@@ -1,15 +1,18 @@
 """Arms (conditions of the comparison) and the plan of runs of a config.
 
-An arm turns a config's params into the params of its runs:
+An arm turns a config's params into the params of its runs. What each arm changes is
+read from the task's declarations (:mod:`raybrain.tasks.base`): ``brain_weight`` (the
+param in alpha's role) and ``l2_param`` (the weight decay):
 
 =========  ============  =====================================================
 arm        brain source  params
 =========  ============  =====================================================
-brain      real          the config's (alpha > 0)
-shuffled   shuffled      the config's; brain targets permuted across steps
-noise      noise         the config's; phase-randomised brain surrogates
-l2         none          brain knobs dropped, alpha = 0, weight_decay from a grid
-none       none          brain knobs dropped, alpha = 0, weight_decay = 0
+brain      real          the config's (brain weight > 0)
+shuffled   shuffled      the config's; brain correspondence permuted
+noise      noise         the config's; brain surrogates, no correspondence
+l2         none          brain knobs dropped, brain weight 0, l2_param from a grid
+none       none          brain knobs dropped, brain weight 0, l2_param 0
+<ablation> real          the config's with the task's overrides (``Task.ablations``)
 =========  ============  =====================================================
 
 Baseline arms (``l2``, ``none``) do not depend on the brain knobs: their runs are keyed by
@@ -47,6 +50,9 @@ class Arm:
 
 
 ARMS: Registry[Arm] = Registry("arm")
+#: the label key of an ``l2`` run's weight decay (whatever the task calls the param), as
+#: the verdict and the report name the best L2 arm: ``l2[weight_decay=1e-05]``
+L2_LABEL = "weight_decay"
 
 
 def register_arm(name: str, brain_source: str | None):
@@ -57,12 +63,30 @@ def register_arm(name: str, brain_source: str | None):
 
 
 def baseline_params(params: dict[str, Any], task) -> dict[str, Any]:
-    """Params without the brain knobs, alpha set to 0 (what baseline arms train with)."""
+    """Params without the brain knobs, the brain weight set to 0 (what baselines train with)."""
     brain = task.brain_params()
     out = {k: v for k, v in params.items() if k not in brain}
-    if "alpha" in task.params:
-        out["alpha"] = 0.0
+    if task.brain_weight is not None:
+        out[task.brain_weight] = 0.0
     return out
+
+
+def arm_names(task) -> list[str]:
+    """The arms a spec may include for ``task``: the registered ones and its ablations."""
+    return sorted({*ARMS.names(), *task.ablations})
+
+
+def resolve_arm(name: str, task) -> Arm:
+    """The arm called ``name``: a registered one, or one of the task's ablations."""
+    if name in task.ablations and name not in ARMS:
+        overrides = dict(task.ablations[name])
+        return Arm(name, "real", lambda params, task, arms_spec: [{**params, **overrides}])
+    if name not in ARMS:
+        from raybrain.errors import SpecError
+
+        raise SpecError(f"unknown arm {name!r} for task {task.name!r}; expected one of "
+                        f"{arm_names(task)}")
+    return ARMS.get(name)
 
 
 @register_arm("brain", "real")
@@ -83,13 +107,13 @@ def _noise(params, task, arms_spec):
 @register_arm("l2", None)
 def _l2(params, task, arms_spec):
     base = baseline_params(params, task)
-    return [{**base, "weight_decay": float(w)} for w in arms_spec.l2_grid]
+    return [{**base, task.l2_param: float(w)} for w in arms_spec.l2_grid]
 
 
 @register_arm("none", None)
 def _none(params, task, arms_spec):
-    return [{**baseline_params(params, task), "weight_decay": 0.0}]
-
+    base = baseline_params(params, task)
+    return [{**base, task.l2_param: 0.0} if task.l2_param else base]
 
 
 def params_hash(params: dict[str, Any], data_seed: int) -> str:
@@ -148,15 +172,17 @@ def plan_config_runs(sweep: str, task, params: dict[str, Any], arms: list[str], 
     """
     full = {**task.defaults(), **params}
     bkey = params_hash({k: v for k, v in baseline_params(full, task).items()
-                        if k != "weight_decay"}, data_seed)
+                        if k != task.l2_param}, data_seed)
     cid = params_hash(full, data_seed)
     runs = []
     for arm_name in arms:
-        arm = ARMS.get(arm_name)
+        arm = resolve_arm(arm_name, task)
         for variant in arm.variants(full, task, arms_spec):
+            # an ablation's runs differ from the brain arm's by its overrides only: keyed by
+            # the config (they are judged against its brain runs), told apart by the arm
             rid = cid if not arm.is_baseline else params_hash(variant, data_seed)
             lab = dict(label or {}) if not arm.is_baseline else (
-                {"weight_decay": variant["weight_decay"]} if arm_name == "l2" else {})
+                {L2_LABEL: variant[task.l2_param]} if arm_name == "l2" else {})
             for seed in seeds:
                 runs.append(RunSpec(sweep=sweep, task=task.name, arm=arm_name, seed=int(seed),
                                     params=variant, brain_source=arm.brain_source,

@@ -286,8 +286,8 @@ class _StageRunner:
             if plan.stage == "search" and spec.search.scheduler == "asha":
                 from ray.tune.schedulers import ASHAScheduler
 
-                epochs = int(spec.fixed().get("epochs", self.task.params["epochs"].default)) \
-                    if "epochs" in self.task.params else 100
+                ep = self.task.epochs_param
+                epochs = int(spec.fixed().get(ep, self.task.params[ep].default))
                 scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs,
                                           grace_period=spec.search.grace_period)
             tuner = Tuner(
@@ -430,7 +430,7 @@ def tracked_spec(spec: Spec, task) -> dict[str, Any]:
     from raybrain.privacy import pseudonym
 
     d = json.loads(spec.model_dump_json())
-    d["data"] = _pseudonymise_data(d["data"])
+    d["data"] = _pseudonymise_data(d["data"], task)
     for name, param in task.params.items():
         if param.personal and name in d["params"]:
             value = d["params"][name]
@@ -442,18 +442,16 @@ def tracked_spec(spec: Spec, task) -> dict[str, Any]:
     return d
 
 
-def _pseudonymise_data(value: Any, key: str = "") -> Any:
+def _pseudonymise_data(value: Any, task, key: str = "") -> Any:
     """Data section with paths and participant ids replaced by keyed pseudonyms."""
     from raybrain.privacy import pseudonym
 
     if isinstance(value, dict):
-        return {k: _pseudonymise_data(v, k) for k, v in value.items()}
+        return {k: _pseudonymise_data(v, task, k) for k, v in value.items()}
     if isinstance(value, list):
-        return [_pseudonymise_data(v, key) for v in value]
+        return [_pseudonymise_data(v, task, key) for v in value]
     if isinstance(value, str) and value:
-        from raybrain.sweep.spec import is_data_path_key
-
-        if is_data_path_key(key):
+        if task.is_data_path_key(key):
             return pseudonym(str(Path(value).expanduser().resolve()), "file")
         if key in ("participant", "participants", "subject"):
             return pseudonym(value, "participant")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 import raybrain.tasks as tasks
-from raybrain.analysis.verdict import ALIGN_METRICS, VerdictTable, build_verdict
+from raybrain.analysis.verdict import VerdictTable, build_verdict
 from raybrain.sweep.arms import RunSpec
 from raybrain.sweep.execute import ConfigExecutor, aggregate_objective
 from raybrain.sweep.plan import choose_configs, make_plan
@@ -31,7 +31,7 @@ def _ctx(spec: Spec, seeds: list[int], stage: str) -> dict[str, Any]:
             "data_seed": spec.data_seed, "stage": stage}
 
 
-def _record(progress) -> dict[str, Any]:
+def _record(progress, align_metrics=()) -> dict[str, Any]:
     """The verdict's record of a finished run (as :func:`runs_to_records` reads MLflow)."""
     spec: RunSpec = progress.spec
     summary = progress.summary()
@@ -43,7 +43,7 @@ def _record(progress) -> dict[str, Any]:
            "best": summary.get(f"best_{prim}", math.nan),
            "val": summary.get(f"final_{validation_metric(prim)}", math.nan),
            "diverged": bool(summary["diverged"]), "baseline": spec.is_baseline}
-    for a in ALIGN_METRICS:
+    for a in align_metrics:
         rec[a] = summary.get(f"final_{a}", math.nan)
     return rec
 
@@ -65,7 +65,7 @@ class _Stage:
             for rec in ex.step():
                 self.latest[rec["key"]] = rec["metrics"]
         for p in ex.progress:
-            self.done[p.spec.key] = _record(p)
+            self.done[p.spec.key] = _record(p, tuple(self.task.align_metrics))
         return aggregate_objective(self.latest, runs, self.spec.search.metric,
                                    self.spec.search.objective)
 
@@ -110,7 +110,8 @@ def run_procedure(spec: Spec, source: str = "spec") -> tuple[VerdictTable, list[
         for c in chosen:
             stage.run_config(c)
     table = build_verdict(list(stage.done.values()), task.primary_metric, task.primary_mode,
-                          spec.significance, spec.arms.include, spec.verdict_stage)
+                          spec.significance, spec.arms.include, spec.verdict_stage,
+                          task.align_metrics)
     return table, chosen
 
 

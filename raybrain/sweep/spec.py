@@ -285,16 +285,6 @@ def _param_values(name: str, dist: dict, param, source: str) -> list[Any]:
     return [_check_value(name, v, param, source) for v in values]
 
 
-#: keys of a data section whose values are file or folder paths (strings or lists of them)
-DATA_PATH_KEYS = ("path", "eeg", "frames", "spikes", "cache_dir", "synthetic_dir",
-                  "labels_path", "mask_path", "words_path")
-
-
-def is_data_path_key(key: str) -> bool:
-    """Whether a ``data:`` key holds paths (logged as pseudonyms, checked for Ray Jobs)."""
-    return key in DATA_PATH_KEYS or key.endswith(("_path", "_file", "_dir"))
-
-
 def validate_spec(spec: Spec, source: str = "spec", *, check_data: bool = True) -> dict[str, Any]:
     """Check the spec against its task: param names, types, bounds, arms, data files.
 
@@ -302,7 +292,7 @@ def validate_spec(spec: Spec, source: str = "spec", *, check_data: bool = True) 
     warns when the seeds cannot reach the spec's significance level.
     """
     import raybrain.tasks as tasks
-    from raybrain.sweep.arms import ARMS
+    from raybrain.sweep.arms import arm_names
 
     task = tasks.get(spec.task)
     for name, value in spec.params.items():
@@ -339,9 +329,9 @@ def validate_spec(spec: Spec, source: str = "spec", *, check_data: bool = True) 
 
     # arms
     for arm in spec.arms.include:
-        if arm not in ARMS:
-            raise SpecError(f"{source}: unknown arm {arm!r} in arms.include; expected some of "
-                            f"{ARMS.names()}")
+        if arm not in arm_names(task):
+            raise SpecError(f"{source}: unknown arm {arm!r} in arms.include for task "
+                            f"{spec.task!r}; expected some of {arm_names(task)}")
     if len(set(spec.arms.include)) != len(spec.arms.include):
         raise SpecError(f"{source}: arms.include lists an arm twice: {spec.arms.include}")
     if "brain" not in spec.arms.include:
@@ -350,12 +340,18 @@ def validate_spec(spec: Spec, source: str = "spec", *, check_data: bool = True) 
     if spec.search.objective == "margin_shuffled" and "shuffled" not in spec.arms.include:
         raise SpecError(f"{source}: search.objective 'margin_shuffled' needs the 'shuffled' arm "
                         f"in arms.include, got {spec.arms.include}")
-    if "alpha" in task.params:
-        alphas = values.get("alpha", [task.params["alpha"].default])
-        bad = [a for a in alphas if not 0 < a <= 1]
+    w = task.brain_weight
+    if w is not None:
+        weights = values.get(w, [task.params[w].default])
+        bad = [a for a in weights if not a > 0]
         if bad:
-            raise SpecError(f"{source}: params.alpha must lie in (0, 1] for the brain arm "
-                            f"(alpha = 0 is the 'none' arm), got {bad[0]!r}")
+            high = task.params[w].high
+            rng = f"lie in (0, {high:g}]" if high is not None else "be > 0"
+            raise SpecError(f"{source}: params.{w} must {rng} for the brain arm ({w} = 0 is "
+                            f"the 'none' arm), got {bad[0]!r}")
+    if "l2" in spec.arms.include and task.l2_param is None:
+        raise SpecError(f"{source}: arms.include has 'l2' but task {spec.task!r} declares no "
+                        f"L2 param to grid over; drop 'l2' from arms.include")
     if "l2" in spec.arms.include:
         if not spec.arms.l2_grid or any(not (w > 0 and math.isfinite(w)) for w in spec.arms.l2_grid):
             raise SpecError(f"{source}: arms.l2_grid must be a non-empty list of weight decays "

@@ -232,6 +232,16 @@ class B2MDriving(Task):
                "train_transfer", "loss", "align_rsa", "align_cka")
     divergence_metric = "test_loss"
     divergence_threshold = 1.0
+    align_metrics = {"align_cka": "max", "align_rsa": "max"}
+    data_paths = ("eeg", "frames", "cache_dir", "synthetic_dir")
+    smoke = {"data": {"source": "synthetic", "synthetic_dir": "raybrain_data/smoke-driving",
+                      "synthetic_frames": 96, "synthetic_sfreq": 128.0, "image_height": 32,
+                      "image_width": 64, "n_train_scenes": 32, "n_val_scenes": 8,
+                      "n_test_scenes": 8, "diagnostic_pairs": 12,
+                      "prep": {"l_freq": 0.1, "h_freq": 30.0}},
+             "params": {"base_channels": 2, "fc_units": 16, "latent_dim": 64, "epochs": 2,
+                        "batch_size": 16, "pair_batch_size": 16, "lr": 3e-3, "dropout": 0.0,
+                        "alpha": 0.2}}
 
     def check_data(self, data: DrivingData, params: dict[str, Any]) -> None:
         from raybrain.data.eeg import EEG_SUFFIXES, _suffix
@@ -330,9 +340,7 @@ class B2MDriving(Task):
                             f"latent has {p['latent_dim']}; they must be equal (set "
                             f"params.latent_dim: {data.pair_eeg.shape[1]}, or data.projection: "
                             f"pca to project the EEG onto latent_dim components)")
-        if brain_source is not None and not p["alpha"] > 0:
-            raise SpecError(f"a run with brain source {brain_source!r} needs alpha > 0, "
-                            f"got alpha={p['alpha']}")
+        self.check_run_params(p, brain_source)
         return DrivingRun(data, p, brain_source, seed, device)
 
 

@@ -210,6 +210,13 @@ class B2MMemory(Task):
     metrics = ("test_accuracy", "val_accuracy", "test_task_loss", "task_loss",
                "transfer_loss", "loss", "align_rsa", "align_cka")
     divergence_threshold = None
+    align_metrics = {"align_cka": "max", "align_rsa": "max"}
+    data_paths = ("path", "spikes", "cache_dir")
+    smoke = {"data": {"n_train_episodes": 8, "n_heldout_episodes": 4, "n_val_episodes": 10,
+                      "n_test_episodes": 12, "pre_bins": 1, "post_bins": 2, "context_bins": 1,
+                      "min_steps": 2, "max_steps": 4},
+             "params": {"hidden": 8, "epochs": 2, "batch_size": 4, "lr": 0.01,
+                        "transfer": "latent", "alpha": 0.2}}
 
     def check_data(self, data: MemoryData, params: dict[str, Any]) -> None:
         embed_dims = params.get("embed_dim", [self.params["embed_dim"].default])
@@ -298,9 +305,7 @@ class B2MMemory(Task):
         if p["embed_dim"] != data.brain_steps.shape[-1]:
             raise SpecError(f"brain embedding dimension {data.brain_steps.shape[-1]} differs "
                             f"from the model's embedding dimension {p['embed_dim']}")
-        if brain_source is not None and not p["alpha"] > 0:
-            raise SpecError(f"a run with brain source {brain_source!r} needs alpha > 0, "
-                            f"got alpha={p['alpha']}")
+        self.check_run_params(p, brain_source)
         return MemoryRun(data, p, brain_source, seed, device)
 
 

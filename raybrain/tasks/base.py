@@ -1,18 +1,36 @@
-"""The interface every protocol implements.
+"""The interface every protocol implements: the task contract.
 
-A :class:`Task` is one paper protocol, registered by name. It declares its knobs
-(:class:`Param`, each marked as depending on brain data or not), the schema of its
-``data:`` section, and its metrics. It loads the data of a sweep once
-(:meth:`Task.load_data`, deterministic in the data seed) and builds one
-:class:`TaskRun` per (params, brain source, seed). A run trains one epoch at a time and
-hands back metrics as ``dict[str, float]``; it never reports them itself. It exposes its
-whole state (model, optimisers, epoch, RNG) so the sweep layer can checkpoint after any
-epoch and resume where it stopped.
+A :class:`Task` is one paper protocol, registered by name. It declares everything the
+layers above it (sweep, analysis, CLI) need to know, so adding a protocol is a task file
+plus its align/models/data pieces and no edit anywhere else:
+
+- its knobs (:class:`Param`, each marked as depending on brain data or not), the schema of
+  its ``data:`` section and which data keys hold file paths (:attr:`Task.data_paths`:
+  pseudonymised in tracking, shipped with Ray Jobs);
+- its metrics: the primary one and its direction, every per-epoch metric, the alignment
+  metrics with their direction (:attr:`Task.align_metrics`: a CKA is better when higher,
+  a Gromov-Wasserstein distance when lower), and a divergence rule;
+- how the arms reach it: the param that plays alpha's role (:attr:`Task.brain_weight`:
+  baseline arms set it to 0, the brain-dependent arms need it above 0), the param the
+  ``l2`` arm grids over (:attr:`Task.l2_param`), and task ablation arms
+  (:attr:`Task.ablations`: the brain arm with some params overridden, e.g. a loss term
+  switched off);
+- its optimiser(s) and trainable state, through its :class:`TaskRun` (what a checkpoint
+  holds: the whole model, or only the adapters of a frozen backbone);
+- a smoke configuration (:attr:`Task.smoke`) that trains in seconds, on which the contract
+  tests run every registered task.
+
+It loads the data of a sweep once (:meth:`Task.load_data`, deterministic in the data
+seed) and builds one :class:`TaskRun` per (params, brain source, seed). A run trains one
+epoch at a time and hands back metrics as ``dict[str, float]``; it never reports them
+itself. It exposes its whole state (trainable state, optimisers, epoch, RNG) so the sweep
+layer can checkpoint after any epoch and resume where it stopped.
 
 Brain sources are what the arms feed a run: ``"real"`` brain targets, ``"shuffled"``
-(whole steps permuted), ``"noise"`` (phase-randomised surrogates), or ``None`` (no brain
-term: the ``l2`` and ``none`` arms). How a source is made is the task's business, since
-"a step" means something different for spike embeddings, EEG batches or RDMs.
+(correspondence permuted), ``"noise"`` (surrogates with the same statistics and no
+correspondence), or ``None`` (no brain term: the ``l2`` and ``none`` arms). How a source is
+made is the task's business, since "a step" means something different for spike
+embeddings, EEG batches, RDMs or concept graphs.
 """
 
 from __future__ import annotations
@@ -111,35 +129,68 @@ class TaskRun(ABC):
 
 
 class TorchRun(TaskRun):
-    """A :class:`TaskRun` of one torch model trained with Adam, seeded and resumable.
+    """A :class:`TaskRun` of one torch model, seeded and resumable.
 
     Subclasses call :meth:`_setup` from ``__init__`` and implement :meth:`_train_epoch`.
     Seed ``k`` fixes the model's initialisation (drawn under ``torch.manual_seed(k)``)
     and the data order (``order_rng``); the run keeps its own torch RNG stream, so results
     do not depend on how runs are interleaved, and :meth:`state_dict` holds all of it.
+
+    What a task may change (its declaration of optimiser and trainable state):
+
+    - :meth:`make_optimizers`: the optimiser(s), by name. Default: one Adam (``"main"``,
+      also reachable as ``self.optimizer``) over every parameter that requires a gradient,
+      with the run's ``lr`` and ``weight_decay``.
+    - :meth:`trainable_state` / :meth:`load_trainable_state`: what a checkpoint holds of
+      the model. Default: the whole ``state_dict``. A frozen backbone with adapters
+      returns only the adapters (and whatever else it trains).
     """
 
     def _setup(self, data, p: dict[str, Any], brain_source: str | None, seed: int,
-               device: str, make_model) -> None:
+               device: str, make_model, brain_weight: str | None = "alpha") -> None:
         import torch
 
         self.data, self.p, self.source, self.seed = data, p, brain_source, seed
         self.device = torch.device(device)
         self.epochs = int(p["epochs"])
         self.epoch = 0
-        self.alpha = float(p["alpha"]) if brain_source is not None else 0.0
+        #: the brain term's weight (0 for baseline runs, whatever the params say)
+        self.alpha = (float(p[brain_weight]) if brain_source is not None and brain_weight
+                      else 0.0)
         outer = torch.random.get_rng_state()
         torch.manual_seed(seed)
         self.model = make_model().to(self.device)
         self._torch_rng = torch.random.get_rng_state()
         torch.random.set_rng_state(outer)
         self.order_rng = torch.Generator().manual_seed(seed)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=float(p["lr"]),
-                                          weight_decay=float(p["weight_decay"]))
+        self.optimizers = self.make_optimizers()
+        if not self.optimizers:
+            raise ValueError(f"{type(self).__name__}.make_optimizers returned no optimiser")
+
+    def make_optimizers(self) -> dict[str, Any]:
+        """The run's optimiser(s) by name (default: Adam over the trainable parameters)."""
+        import torch
+
+        params = [q for q in self.model.parameters() if q.requires_grad]
+        return {"main": torch.optim.Adam(params, lr=float(self.p["lr"]),
+                                         weight_decay=float(self.p.get("weight_decay", 0.0)))}
+
+    @property
+    def optimizer(self):
+        """The ``"main"`` optimiser (the only one of single-optimiser runs)."""
+        return self.optimizers["main"]
 
     def _module(self):
         """The model without a data-parallel wrapper."""
         return self.model.module if hasattr(self.model, "module") else self.model
+
+    def trainable_state(self) -> dict[str, Any]:
+        """What a checkpoint holds of the model (default: its whole ``state_dict``)."""
+        return self._module().state_dict()
+
+    def load_trainable_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`trainable_state` returned."""
+        self._module().load_state_dict(state)
 
     def _with_rng(self, fn):
         import torch
@@ -160,13 +211,20 @@ class TorchRun(TaskRun):
         """One epoch under the run's own RNG stream."""
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self._module().state_dict(), "optimizer": self.optimizer.state_dict(),
+        return {"model": self.trainable_state(),
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
                 "epoch": self.epoch, "torch_rng": self._torch_rng,
                 "order_rng": self.order_rng.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._module().load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.load_trainable_state(state["model"])
+        # checkpoints written before runs could have several optimisers hold one
+        optimizers = state.get("optimizers") or {"main": state["optimizer"]}
+        if set(optimizers) != set(self.optimizers):
+            raise ValueError(f"checkpoint holds optimisers {sorted(optimizers)} but the run "
+                             f"has {sorted(self.optimizers)}")
+        for k, o in self.optimizers.items():
+            o.load_state_dict(optimizers[k])
         self.epoch = int(state["epoch"])
         self._torch_rng = state["torch_rng"]
         self.order_rng.set_state(state["order_rng"])
@@ -190,6 +248,25 @@ class Task(ABC):
     #: ``divergence_threshold`` and is still above it at the end (None: only non-finite)
     divergence_metric: ClassVar[str] = "loss"
     divergence_threshold: ClassVar[float | None] = None
+    #: alignment diagnostics (measured against the real brain for every arm) and whether
+    #: each is better when higher ("max") or lower ("min"); every one is in :attr:`metrics`
+    align_metrics: ClassVar[dict[str, str]] = {}
+    #: the param that switches the brain term off at 0 (alpha's role): baseline arms set it
+    #: to 0, brain-dependent arms need it above 0; None: the task has no such weight
+    brain_weight: ClassVar[str | None] = "alpha"
+    #: the param the ``l2`` arm sets from ``arms.l2_grid`` (and ``none`` sets to 0); None:
+    #: the task has no L2 baseline
+    l2_param: ClassVar[str | None] = "weight_decay"
+    #: ablation arms: name -> params overriding the config's, trained on the real brain
+    #: targets (e.g. ``{"no-gw": {"lambda2": 0.0}}``)
+    ablations: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: keys of the ``data:`` section (at any depth) whose values are file or folder paths
+    data_paths: ClassVar[tuple[str, ...]] = ()
+    #: the param holding the number of epochs (what the early-stopping scheduler counts)
+    epochs_param: ClassVar[str] = "epochs"
+    #: a configuration that trains in seconds: ``{"data": {...}, "params": {...}}``; the
+    #: contract tests run every registered task on it
+    smoke: ClassVar[dict[str, Any]] = {}
 
     def parse_data(self, data: dict[str, Any]) -> BaseModel:
         """Validate the spec's ``data:`` section against :attr:`data_model`."""
@@ -234,3 +311,32 @@ class Task(ABC):
 
     def brain_params(self) -> frozenset[str]:
         return frozenset(k for k, p in self.params.items() if p.brain)
+
+    def align_mode(self, metric: str) -> str:
+        """Direction of an alignment metric: "max" (higher is better) or "min"."""
+        return self.align_metrics[metric]
+
+    def is_data_path_key(self, key: str) -> bool:
+        """Whether a ``data:`` key holds paths: declared in :attr:`data_paths`, or named
+        like one (``*_path``, ``*_file``, ``*_dir``)."""
+        return key in self.data_paths or key.endswith(("_path", "_file", "_dir"))
+
+    def data_path_items(self, data: Any, key: str = "data", path_key: bool = False):
+        """``(dotted key, value)`` of every path string of a ``data:`` section, at any depth."""
+        if isinstance(data, dict):
+            for k, v in data.items():
+                yield from self.data_path_items(v, f"{key}.{k}", self.is_data_path_key(str(k)))
+        elif isinstance(data, list):
+            for i, v in enumerate(data):
+                yield from self.data_path_items(v, f"{key}[{i}]", path_key)
+        elif isinstance(data, str) and path_key and data:
+            yield key, data
+
+    def check_run_params(self, p: dict[str, Any], brain_source: str | None) -> None:
+        """Refuse a brain-dependent run whose brain weight is off (it would be ``none``)."""
+        from raybrain.errors import SpecError
+
+        w = self.brain_weight
+        if brain_source is not None and w is not None and not float(p[w]) > 0:
+            raise SpecError(f"a run with brain source {brain_source!r} needs {w} > 0, "
+                            f"got {w}={p[w]}")
