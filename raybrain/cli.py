@@ -1,16 +1,9 @@
-"""The ``raybrain`` command line.
+"""The raybrain command line: run sweeps, check specs, prepare data, read results.
 
-``raybrain sweep SPEC [--address] [--tracking-uri] [--name] [--max-configs] [--seeds]
-[--dry-run]`` validates the spec (one line and exit code 2 on bad input, before Ray starts
-or any MLflow run exists), runs the sweep with live progress and prints the verdict table.
-``raybrain ui [--tracking-uri] [--experiment] [--sweep] [--port] [--host]`` serves the
-MLflow store in the MLflow UI and prints the experiment's (and the sweep's) URL.
-``raybrain submit SPEC --address http://HEAD:8265`` runs a sweep as a Ray Job on a cluster;
-``raybrain jobs status|logs|stop|list [ID]`` follows it.
-``raybrain data prepare SPEC`` reads, cleans and caches a spec's brain data;
-``raybrain data inspect FILE...`` prints the shapes and rates of brain-data files.
-``raybrain report SWEEP [--out DIR]`` draws the sweep's figures and verdict into one HTML
-page and logs them on the sweep's parent run.
+Every problem a user can fix (a malformed spec, a missing or malformed data file, an
+MLflow server that does not answer) is one line on standard error and exit code 2, before
+Ray starts and before any MLflow run exists. A sweep stopped by Ctrl-C or SIGTERM exits
+with 130 or 143 after printing the command that resumes it; a sweep that failed exits 1.
 """
 
 from __future__ import annotations
@@ -19,65 +12,84 @@ import argparse
 import sys
 import warnings
 
+from raybrain.cli_args import OneLineParser, port, positive_int
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer (>= 1), got {value}")
-    return value
+DESCRIPTION = """\
+Brain-guided training with control arms, seed replicates and calibrated verdicts.
+
+  raybrain sweep SPEC           run a sweep spec and print its verdict
+  raybrain validate SPEC        check a spec (files, MLflow, overrides) and print its plan
+  raybrain data prepare SPEC    read, clean and cache a spec's brain data
+  raybrain data inspect FILE    shapes and rates of brain-data files
+  raybrain report NAME          the HTML report of a sweep
+  raybrain ui --sweep NAME      the MLflow UI on a sweep's store
+  raybrain submit SPEC          run a sweep as a Ray Job on a cluster
+
+Run 'raybrain COMMAND --help' for a command's options."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="raybrain", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("sweep", help="run a sweep spec (search x arms x seeds) and print the verdict")
+def _sweep_options(s: argparse.ArgumentParser) -> None:
+    """Options shared by 'sweep' and 'validate' (one preflight checks both)."""
     s.add_argument("spec", help="path to a sweep spec YAML (see search_spaces/)")
     s.add_argument("--address", help="Ray cluster: auto or HOST:6379 from a cluster node, "
                    "ray://HOST:10001 from elsewhere (default: start a private local Ray)")
-    s.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, sqlite:///mlflow.db)")
-    s.add_argument("--storage-path", help="Tune state and checkpoints (default: the spec's "
-                   "storage.path); on a multi-node cluster a shared path or s3://, gs:// URI")
+    s.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, "
+                   "sqlite:///mlflow.db)")
+    s.add_argument("--storage-path", help="where Tune state and checkpoints go (default: the "
+                   "spec's storage.path); on a multi-node cluster a shared path or s3://, gs://")
     s.add_argument("--name", help="sweep name (default: the spec's); the same name resumes")
-    s.add_argument("--max-configs", type=_positive_int, help="run at most this many configs")
-    s.add_argument("--seeds", type=_positive_int, help="number of seeds per arm (overrides the spec)")
-    s.add_argument("--dry-run", action="store_true", help="validate and print the plan; run nothing")
-    s.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray (default: all)")
+    s.add_argument("--max-configs", type=positive_int, help="run at most this many configs "
+                   "(recorded with the sweep: a resume reapplies it)")
+    s.add_argument("--seeds", type=positive_int, help="seeds per arm, instead of the spec's "
+                   "(recorded with the sweep: a resume reapplies it)")
     s.add_argument("--resume", action="store_true",
-                   help="continue the sweep of this name (its search, checkpoints and MLflow "
-                        "parent); refused if there is none. The same name resumes anyway")
+                   help="continue this sweep (its search, checkpoints and MLflow runs) with "
+                        "the overrides it was started with; refused if there is none")
+    s.add_argument("--num-cpus", type=positive_int, help="CPUs of the local Ray (default: all)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="raybrain", description=DESCRIPTION,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           parser_class=OneLineParser)
+    s = sub.add_parser("sweep", help="run a sweep spec (search x arms x seeds) and print the "
+                       "verdict", description="Run a sweep: every config of the search in "
+                       "every arm and seed, on a local Ray or a cluster, tracked in MLflow; "
+                       "ends with the verdict table and an HTML report. Ctrl-C stops it "
+                       "cleanly and prints the command that resumes it.")
+    _sweep_options(s)
+    s.add_argument("--dry-run", action="store_true",
+                   help="check everything and print the plan; run nothing")
     s.add_argument("--dashboard", action="store_true",
                    help="start the Ray dashboard with the local Ray (default: off)")
     s.add_argument("--dashboard-host", default="127.0.0.1",
                    help="interface of that dashboard (default: 127.0.0.1, this machine only)")
-    v = sub.add_parser("validate", help="validate a spec and print the plan")
-    v.add_argument("spec")
+    s.add_argument("--verbose", action="store_true",
+                   help="also show Ray's and MLflow's own start-up messages")
+    v = sub.add_parser("validate", help="check a spec as a sweep would and print its plan",
+                       description="Check a spec exactly as 'raybrain sweep' does before it "
+                       "starts (the spec, its data files, the MLflow store, the overrides, a "
+                       "resume) and print the plan; nothing runs.")
+    _sweep_options(v)
     from raybrain.analysis.report import add_report_subparser
-    from raybrain.jobs import add_jobs_subparsers
-
     from raybrain.data_command import add_data_subparsers
+    from raybrain.jobs import add_jobs_subparsers
 
     add_report_subparser(sub)
     add_data_subparsers(sub)
     add_jobs_subparsers(sub)
-    u = sub.add_parser("ui", help="serve the MLflow store in the MLflow UI until Ctrl-C")
+    u = sub.add_parser("ui", help="serve the MLflow store in the MLflow UI until Ctrl-C",
+                       description="Start an MLflow server on a sweep store (on this "
+                       "machine only, by default) and print the sweep's page.")
     u.add_argument("--tracking-uri", default="sqlite:///mlflow.db",
                    help="MLflow backend store (default: sqlite:///mlflow.db, the sweeps' default)")
     u.add_argument("--experiment", default="raybrain",
                    help="MLflow experiment of the sweeps (default: raybrain, the spec default)")
     u.add_argument("--sweep", help="also print the URL of this sweep's parent run")
-    u.add_argument("--port", type=_port, help="port to listen on (default: a free one)")
+    u.add_argument("--port", type=port, help="port to listen on (default: a free one)")
     u.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1)")
     return p
-
-
-def _port(text: str) -> int:
-    value = _positive_int(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"expected a port in 1..65535, got {value}")
-    return value
 
 
 def _ui(args: argparse.Namespace) -> int:
@@ -126,12 +138,43 @@ def _ui(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
-class _ArgumentError(Exception):
-    pass
+def _sweep(args: argparse.Namespace) -> int:
+    """``raybrain sweep`` and ``raybrain validate``: one preflight, then the sweep."""
+    from raybrain.sweep import load_spec, run_sweep
+    from raybrain.sweep.preflight import Overrides, preflight
+
+    from raybrain.sweep.session import quiet_logs
+
+    quiet_logs(getattr(args, "verbose", False))
+    spec = load_spec(args.spec)
+    overrides = Overrides(name=args.name, seeds=args.seeds, max_configs=args.max_configs,
+                          tracking_uri=args.tracking_uri, storage_path=args.storage_path)
+    remote = bool(args.address and args.address.startswith("ray://"))
+    dry = args.command == "validate" or args.dry_run
+    if remote and not dry:
+        return 0 if run_sweep(spec, source=args.spec, address=args.address, resume=args.resume,
+                              tracking_uri=args.tracking_uri, storage_path=args.storage_path,
+                              name=args.name, max_configs=args.max_configs,
+                              seeds=args.seeds) else 1
+    pre = preflight(spec, args.spec, overrides=overrides, resume=args.resume,
+                    address=args.address, num_cpus=args.num_cpus)
+    if dry:
+        from raybrain.sweep.driver import describe
+
+        for line in pre.notes:
+            print(line)
+        describe(pre, print)
+        print(f"{args.spec}: valid")
+        return 0
+    result = run_sweep(spec, source=args.spec, address=args.address, num_cpus=args.num_cpus,
+                       resume=args.resume, dashboard=args.dashboard,
+                       dashboard_host=args.dashboard_host, verbose=args.verbose, pre=pre)
+    print(f"sweep {pre.spec.name!r} finished in {result.wall_s:.0f} s")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    from raybrain.errors import SpecError, TrackingUnavailable
+    from raybrain.errors import SpecError, SweepFailed, SweepInterrupted, TrackingUnavailable
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -156,29 +199,17 @@ def main(argv: list[str] | None = None) -> int:
             from raybrain.analysis.report import run_report_command
 
             return run_report_command(args)
-        from raybrain.sweep import load_spec, run_sweep
-
-        spec = load_spec(args.spec)
-        if args.command == "validate":
-            run_sweep(spec, source=args.spec, dry_run=True)
-            return 0
-        result = run_sweep(spec, source=args.spec, address=args.address,
-                           tracking_uri=args.tracking_uri, storage_path=args.storage_path,
-                           name=args.name,
-                           max_configs=args.max_configs, seeds=args.seeds,
-                           dry_run=args.dry_run, num_cpus=args.num_cpus, resume=args.resume,
-                           dashboard=args.dashboard, dashboard_host=args.dashboard_host)
-        if not args.dry_run:
-            print(f"sweep finished in {result.wall_s:.0f} s")
-        return 0
+        return _sweep(args)
     except SpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except TrackingUnavailable as err:
+    except (TrackingUnavailable, SweepFailed) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except SweepInterrupted as intr:
+        return 128 + intr.signum
     except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume", file=sys.stderr)
+        print("interrupted", file=sys.stderr)
         return 130
 
 

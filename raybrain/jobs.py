@@ -44,7 +44,7 @@ def default_address() -> str:
 
 
 def add_jobs_subparsers(sub) -> None:
-    from raybrain.cli import _positive_int  # the sweep command's own check, so no job fails on it
+    from raybrain.cli_args import positive_int as _positive_int  # the sweep command's own check
 
     s = sub.add_parser("submit", help="run a sweep spec as a Ray Job on a cluster")
     s.add_argument("spec", help="sweep spec YAML, inside the working directory")
@@ -135,8 +135,9 @@ def build_submission(args: argparse.Namespace, out=None) -> dict[str, Any]:
     The spec is validated from the working directory, as the job will see it there:
     relative data paths resolve the same way here and on the cluster.
     """
-    from raybrain.sweep import load_spec, run_sweep
+    from raybrain.sweep import load_spec
     from raybrain.sweep.cluster import check_tracking_uri
+    from raybrain.sweep.preflight import Overrides, preflight
 
     out = out or _warn
     workdir = Path(args.working_dir).resolve()
@@ -148,9 +149,11 @@ def build_submission(args: argparse.Namespace, out=None) -> dict[str, Any]:
     here = os.getcwd()
     os.chdir(workdir)
     try:
-        run_sweep(spec, source=args.spec, tracking_uri=args.tracking_uri,
-                  storage_path=args.storage_path, name=args.name, seeds=args.seeds,
-                  max_configs=args.max_configs, dry_run=True, out=lambda line: None)
+        # the same preflight as the sweep's, minus the stores: they are the cluster's
+        preflight(spec, args.spec, overrides=Overrides(
+            name=args.name, seeds=args.seeds, max_configs=args.max_configs,
+            tracking_uri=args.tracking_uri, storage_path=args.storage_path),
+            check_tracking=False, read_storage=False)
     finally:
         os.chdir(here)
     try:

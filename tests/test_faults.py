@@ -184,7 +184,7 @@ def test_writes_wait_while_mlflow_is_down_and_land_once_it_is_back(tmp_path):
 
     from raybrain.sweep.arms import RunSpec
     from raybrain.sweep.callbacks import MlflowWriter
-    from raybrain.sweep.trial import RECORDS_KEY
+    from raybrain.sweep.records import RECORDS_KEY
 
     backend = f"sqlite:///{tmp_path}/server.db"
     Tracker(backend, "raybrain")

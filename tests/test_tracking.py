@@ -121,7 +121,7 @@ def test_resync_writes_only_what_mlflow_lacks(tracker, tmp_path):
     import json
 
     from raybrain.sweep.resync import resync
-    from raybrain.sweep.trial import RECORDS_KEY
+    from raybrain.sweep.records import RECORDS_KEY
 
     tracker.open_parent("sw", "hash1", {"task": "b2m-memory"})
     a = RunSpec("sw", "b2m-memory", "brain", 0, {"alpha": 0.1}, "real", "cfg1", "base1")

@@ -213,3 +213,19 @@ def assign_baselines(plans: list[list[RunSpec]]) -> dict[str, str]:
         assignment[key] = owner
         load[owner] += 1
     return assignment
+
+
+def config_params(config: dict[str, Any]) -> dict[str, Any]:
+    """The searched values of a Tune config (grid configs nest them under ``params``)."""
+    return dict(config["params"]) if "params" in config else dict(config)
+
+
+def plan_trial_runs(ctx: dict[str, Any], searched: dict[str, Any]) -> list[RunSpec]:
+    """All runs the config needs, before baseline claims."""
+    import raybrain.tasks as tasks
+
+    task = tasks.get(ctx["task"])
+    params = {**ctx["fixed"], **searched}
+    label = {k: searched[k] for k in sorted(searched)}
+    return plan_config_runs(ctx["sweep"], task, params, ctx["arms"], ctx["arms_spec"],
+                            ctx["seeds"], ctx["data_seed"], label=label, stage=ctx["stage"])

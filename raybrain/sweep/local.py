@@ -21,7 +21,7 @@ from raybrain.sweep.arms import RunSpec
 from raybrain.sweep.execute import ConfigExecutor, aggregate_objective
 from raybrain.sweep.plan import choose_configs, make_plan
 from raybrain.sweep.spec import Spec, validate_spec
-from raybrain.sweep.trial import plan_trial_runs
+from raybrain.sweep.arms import plan_trial_runs
 from raybrain.tasks.base import validation_metric
 
 

@@ -27,6 +27,9 @@ class SweepPlan:
     use_train: bool
     stage: str = "search"
     seeds: list[int] | None = None
+    #: epochs of all planned runs together (exact when the configs are known up front;
+    #: else from the first value of each searched knob)
+    total_epochs: int = 0
 
     @property
     def algorithm(self) -> str:
@@ -93,13 +96,22 @@ def make_plan(spec: Spec, task, max_configs: int | None = None, stage: str = "se
     sample = configs[0] if configs else {k: _first_value(v) for k, v in spec.searched().items()}
     runs = runs_of(sample)
     per_config = sum(1 for r in runs if not r.is_baseline)
+
+    def epochs(r) -> int:
+        return int(r.params.get(task.epochs_param, task.params[task.epochs_param].default))
+
     if configs is not None:
-        baselines = len({r.key for c in configs for r in runs_of(c) if r.is_baseline})
+        planned = {r.key: r for c in configs for r in runs_of(c)}
+        baselines = sum(1 for r in planned.values() if r.is_baseline)
+        total_epochs = sum(epochs(r) for r in planned.values())
     else:
         # sampled configs share baselines unless a non-brain knob is searched
         per = sum(1 for r in runs if r.is_baseline)
         baselines = per if set(spec.searched()) <= task.brain_params() else per * n
-    return SweepPlan(spec, configs, n, per_config, baselines, use_train, stage, seeds)
+        e = epochs(runs[0])
+        total_epochs = (per_config * n + baselines) * e
+    return SweepPlan(spec, configs, n, per_config, baselines, use_train, stage, seeds,
+                     total_epochs)
 
 
 def _first_value(dist: dict[str, Any]):

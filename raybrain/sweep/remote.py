@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from raybrain.errors import SpecError, TrackingUnavailable
+from raybrain.errors import SpecError, SweepFailed, TrackingUnavailable
 from raybrain.sweep.cluster import is_server_uri
 
 
@@ -79,16 +79,26 @@ def _driver_task(spec_json: str, queue, kwargs: dict[str, Any]):
             "chosen": result.chosen}
 
 
-def run_remote(spec, address: str, out: Callable[[str], None], *, max_configs: int | None,
-               resume: bool):
-    """Connect through Ray Client, run the driver on the head node, stream its lines."""
+def run_remote(spec, address: str, *, source: str = "spec",
+               out: Callable[[str], None] | None = None, resume: bool = False,
+               name: str | None = None, seeds: int | None = None,
+               max_configs: int | None = None, tracking_uri: str | None = None,
+               storage_path: str | None = None, **ignored):
+    """Check the spec here, connect through Ray Client, run the driver on the head node
+    (where the same preflight runs again against the cluster's storage), stream its lines."""
     import ray
     from ray.util.queue import Empty, Queue
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from raybrain.sweep.driver import SweepResult
+    from raybrain.sweep.preflight import Overrides, preflight
 
-    check_remote_paths(spec, f"with --address {address}")
+    out = out or (lambda line: print(line, flush=True))
+    given = dict(name=name, seeds=seeds, max_configs=max_configs, tracking_uri=tracking_uri,
+                 storage_path=storage_path)
+    pre = preflight(spec, source, overrides=Overrides(**given), resume=resume,
+                    address=address, read_storage=False)
+    check_remote_paths(pre.spec, f"with --address {address}")
     t0 = time.time()
     use_ray_token(address)
     for attempt in (1, 2):
@@ -110,7 +120,7 @@ def run_remote(spec, address: str, out: Callable[[str], None], *, max_configs: i
         task = ray.remote(num_cpus=0, max_retries=0)(_driver_task).options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(_head_node_id(), soft=False))
         ref = task.remote(spec.model_dump_json(), queue,
-                          {"max_configs": max_configs, "resume": resume})
+                          {"source": source, "resume": resume, **given})
         out(f"the sweep's driver runs on the cluster's head node ({address}); "
             f"its lines follow")
         try:
@@ -127,13 +137,13 @@ def run_remote(spec, address: str, out: Callable[[str], None], *, max_configs: i
                 summary = ray.get(ref)
             except ray.exceptions.RayTaskError as err:
                 # the driver's own one-line errors (bad spec, MLflow gone) stay one line
-                if isinstance(err.cause, (SpecError, TrackingUnavailable)):
+                if isinstance(err.cause, (SpecError, TrackingUnavailable, SweepFailed)):
                     raise err.cause from None
                 raise
         except KeyboardInterrupt:
             ray.cancel(ref)
             raise
-        return SweepResult(spec, summary["parent_run_id"], summary["tracking_uri"],
+        return SweepResult(pre.spec, summary["parent_run_id"], summary["tracking_uri"],
                            summary["experiment_id"], None, time.time() - t0, summary["chosen"])
     finally:
         ray.shutdown()

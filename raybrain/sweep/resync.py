@@ -13,18 +13,10 @@ from __future__ import annotations
 import json
 from typing import Any, Iterator
 
-from raybrain.sweep.trial import RECORDS_KEY
+from raybrain.sweep.records import RECORDS_KEY
+from raybrain.sweep.storage import filesystem
 
 RESULT_FILE = "result.json"
-
-
-def filesystem(path: str):
-    """``(pyarrow filesystem, path in it)`` for a local path or a URI (s3://, gs://...)."""
-    import pyarrow.fs
-
-    if "://" in path:
-        return pyarrow.fs.FileSystem.from_uri(path)
-    return pyarrow.fs.LocalFileSystem(), path
 
 
 def stored_records(exp_dir: str) -> Iterator[dict[str, Any]]:

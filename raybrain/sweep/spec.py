@@ -180,16 +180,78 @@ class Spec(_Strict):
 
 
 # ---------------------------------------------------------------------------------------
+_EXPECT = {
+    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
+    "float_type": "a number", "float_parsing": "a number", "finite_number": "a finite number",
+    "bool_type": "true or false", "bool_parsing": "true or false",
+    "string_type": "a string", "list_type": "a list", "tuple_type": "a list",
+    "dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type": "a mapping",
+    "none_required": "empty (null)",
+}
+_BOUND = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="),
+          "less_than": ("lt", "<"), "less_than_equal": ("le", "<=")}
+
+
+def _field_path(loc: tuple) -> str:
+    """``seeds``, ``search.num_configs``, ``data.spikes[0]``: the key a user wrote.
+
+    Pydantic adds the member type of a union to the location (``seeds.int``,
+    ``seeds.list[int]``); those parts are dropped.
+    """
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif "[" in part or part in ("int", "float", "str", "bool", "list", "dict", "none"):
+            continue
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+def _expectation(e: dict) -> str:
+    kind, ctx = e["type"], e.get("ctx") or {}
+    if kind in _EXPECT:
+        return _EXPECT[kind]
+    if kind in _BOUND:
+        key, op = _BOUND[kind]
+        return f"{op} {ctx.get(key)}"
+    if kind == "literal_error":
+        return f"one of {ctx.get('expected')}"
+    if kind == "string_pattern_mismatch":
+        return "made of letters, digits, '_', '.' and '-', starting with a letter or digit"
+    if kind == "string_too_short":
+        return "a non-empty string"
+    return e["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
+
+
+def friendly_errors(err: ValidationError, prefix: str = "") -> tuple[str, str]:
+    """``(key, message)`` of the first problem, in plain words: ``seeds must be an integer
+    or a list, got 'five'`` (never pydantic's ``seeds.int: Input should be ...``).
+
+    The alternatives of a union (``int | list[int]``) are merged into one message.
+    """
+    errors = err.errors()
+    first = _field_path(errors[0]["loc"])
+    same = [e for e in errors if _field_path(e["loc"]) == first]
+    key = f"{prefix}{first}" if first else prefix.rstrip(".")
+    e0 = same[0]
+    if e0["type"] == "value_error":
+        msg = e0["msg"].removeprefix("Value error, ")
+        return key, (f"{key}: {msg}" if first else msg)
+    expected = list(dict.fromkeys(_expectation(e) for e in same))
+    return key, f"{key} must be {' or '.join(expected)}, got {e0.get('input')!r}"
+
+
 def _pydantic_message(err: ValidationError, source: str) -> str:
     e = err.errors()[0]
-    loc = ".".join(str(x) for x in e["loc"])
+    loc = _field_path(e["loc"])
     if e["type"] == "extra_forbidden":
-        parent = e["loc"][:-1]
+        parent = tuple(x for x in e["loc"][:-1] if isinstance(x, str))
         return f"{source}: unknown key {loc!r}{_suggest(e['loc'][-1], parent)}"
     if e["type"] == "missing":
         return f"{source}: missing required key {loc!r}"
-    received = e.get("input")
-    return f"{source}: {loc}: {e['msg']} (got {received!r})"
+    return f"{source}: {friendly_errors(err)[1]}"
 
 
 _KNOWN = {
@@ -212,13 +274,41 @@ def _suggest(name, parent: tuple) -> str:
     return f"{hint} expected one of {known}"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a key given twice in one mapping (YAML would keep
+    the last one silently, so ``seeds: 10`` above ``seeds: 2`` would vanish)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise SpecError(f"{getattr(self, 'source', 'spec')}: key {key!r} is given "
+                                f"twice (lines {seen[key]} and {line}); keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Parse spec YAML, refusing duplicate keys; errors are one :class:`SpecError` line."""
+    loader = _UniqueKeyLoader(text)
+    loader.source = source
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_spec(path: str | Path) -> Spec:
     """Read and validate a spec file (schema only; see :func:`validate_spec` for the rest)."""
     path = Path(path)
+    if path.is_dir():
+        raise SpecError(f"spec file {str(path)!r} is a directory; expected a YAML sweep spec")
     if not path.is_file():
         raise SpecError(f"spec file {str(path)!r} not found; expected a YAML sweep spec")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text(), str(path))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -397,14 +487,14 @@ def validate_spec(spec: Spec, source: str = "spec", *, check_data: bool = True) 
         data = task.parse_data(spec.data)
     except ValidationError as err:
         e = err.errors()[0]
-        loc = ".".join(str(x) for x in e["loc"])
+        loc = _field_path(e["loc"])
         if e["type"] == "extra_forbidden":
             known = sorted(task.data_model.model_fields)
             raise SpecError(f"{source}: unknown key 'data.{loc}' for task {spec.task!r}; "
                             f"expected one of {known}") from None
-        msg = e["msg"].removeprefix("Value error, ")
-        where = f"data.{loc}: " if loc else ""
-        raise SpecError(f"{source}: {where}{msg}" + (f" (got {e['input']!r})" if loc else "")) from None
+        if e["type"] == "missing":
+            raise SpecError(f"{source}: missing required key 'data.{loc}'") from None
+        raise SpecError(f"{source}: {friendly_errors(err, 'data.')[1]}") from None
     if check_data:
         task.check_data(data, values)
     return {"task": task, "data": data}

@@ -78,7 +78,7 @@ class Tracker:
         self.parent_id: str | None = None
         self._runs: dict[str, str] = {}
         self._last_epoch: dict[str, int] = {}
-        self._closed: set[str] = set()  # keys of runs no longer RUNNING
+        self._closed: dict[str, str] = {}  # key -> status of runs no longer RUNNING
         self._verify: set[str] = set()  # runs whose last epoch is checked against history
 
     # -- parent -------------------------------------------------------------------------
@@ -151,7 +151,7 @@ class Tracker:
             self._last_epoch[key] = int(run.data.tags.get("raybrain.last_epoch", 0))
             self._verify.add(key)
             if run.info.status != "RUNNING":
-                self._closed.add(key)
+                self._closed[key] = run.info.status
             return run.info.run_id
         personal = _personal_params(spec.task)
         shown = {k: (pseudonym(str(v), k) if k in personal else v) for k, v in spec.label.items()}
@@ -188,7 +188,7 @@ class Tracker:
                 self._last_epoch[key] = int(run.data.tags.get("raybrain.last_epoch", 0))
                 self._verify.add(key)
                 if run.info.status != "RUNNING":
-                    self._closed.add(key)
+                    self._closed[key] = run.info.status
 
     def log_record(self, record: dict[str, Any]) -> None:
         """Log one epoch of one run (a record from :class:`ConfigExecutor.step`).
@@ -201,16 +201,18 @@ class Tracker:
 
         key = record["key"]
         epoch = int(record["epoch"])
-        if key in self._closed and epoch <= self._last_epoch.get(key, 0):
+        done = bool(record.get("done"))
+        if self._skip_closed(key, epoch, done, record):
             return
         spec = RunSpec.from_dict(record["run"])
         run_id = self._child(spec)
+        if self._skip_closed(key, epoch, done, record):
+            return
         last = self._last_epoch.get(key, 0)
-        if key in self._closed and epoch > last:
-            # a config that failed (or was interrupted) is training this run again
+        if key in self._closed:
+            # a config that failed or was interrupted trains (or finishes) this run again
             self.client.update_run(run_id, status="RUNNING")
-            self._closed.discard(key)
-        done = bool(record.get("done"))
+            del self._closed[key]
         resumed = record.get("resumed_from")
         if epoch <= last and not done and resumed is None:
             return
@@ -247,9 +249,37 @@ class Tracker:
             raise
         self._last_epoch[key] = max(epoch, last)
         if done:
-            self.client.set_terminated(run_id, status="FAILED" if record.get("failed")
-                                       else "FINISHED")
-            self._closed.add(key)
+            status = "FAILED" if record.get("failed") else "FINISHED"
+            self.client.set_terminated(run_id, status=status)
+            self._closed[key] = status
+
+    def _skip_closed(self, key: str, epoch: int, done: bool, record: dict[str, Any]) -> bool:
+        """Whether a record of a closed run brings nothing new.
+
+        Epochs a closed run already has are skipped, except the final record of a run an
+        interrupted or failed sweep closed (KILLED/FAILED) before its end was logged:
+        that one re-opens the run and finishes it.
+        """
+        status = self._closed.get(key)
+        if status is None or epoch > self._last_epoch.get(key, 0):
+            return False
+        finishes = done and status in ("KILLED", "FAILED") and not record.get("failed")
+        return not finishes
+
+    def mark_unfinished(self, status: str, reason: str | None = None) -> int:
+        """Close every child run of the sweep still RUNNING with ``status``; returns how many."""
+        n = 0
+        for run in self.child_runs():
+            if run.info.status != "RUNNING":
+                continue
+            if reason:
+                self.client.set_tag(run.info.run_id, "raybrain.failure_reason", reason[:5000])
+            self.client.set_terminated(run.info.run_id, status=status)
+            key = run.data.tags.get(KEY_TAG)
+            if key:
+                self._closed[key] = status
+            n += 1
+        return n
 
     def mark_stopped(self, keys: list[str]) -> None:
         """Runs of a config the scheduler stopped early: status KILLED, tagged why."""
@@ -257,7 +287,7 @@ class Tracker:
             if key in self._runs and key not in self._closed:
                 self.client.set_tag(self._runs[key], "raybrain.stopped_early", "scheduler")
                 self.client.set_terminated(self._runs[key], status="KILLED")
-                self._closed.add(key)
+                self._closed[key] = "KILLED"
 
     def mark_failed(self, keys: list[str], reason: str) -> None:
         """Runs left unfinished by a config that failed for good: FAILED, with the reason."""
@@ -265,4 +295,4 @@ class Tracker:
             if key in self._runs and key not in self._closed:
                 self.client.set_tag(self._runs[key], "raybrain.failure_reason", reason[:5000])
                 self.client.set_terminated(self._runs[key], status="FAILED")
-                self._closed.add(key)
+                self._closed[key] = "FAILED"

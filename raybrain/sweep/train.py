@@ -28,6 +28,7 @@ import raybrain.tasks as tasks
 from raybrain.sweep.arms import RunSpec
 from raybrain.sweep.execute import (RunProgress, aggregate_objective, divergence_rule,
                                     failure_reason)
+from raybrain.sweep.records import OPEN_KEY, RECORDS_KEY, mark_resumed
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -55,8 +56,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if replay:
             # every epoch so far is sent again: the trial or the sweep's driver may have
             # died before relaying some of them (the tracker skips epochs it already has)
-            from raybrain.sweep.trial import mark_resumed
-
             mark_resumed(replay)
             ray.train.report({"records": replay, "node_id": node_id})
     while not progress.done:
@@ -90,8 +89,6 @@ def run_with_train(ctx: dict[str, Any], runs: list[RunSpec],
     import json
 
     from ray.train.torch import TorchTrainer
-
-    from raybrain.sweep.trial import OPEN_KEY, RECORDS_KEY
 
     queue = Queue(actor_options={"num_cpus": 0})
     failures: dict[str, str] = {}

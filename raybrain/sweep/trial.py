@@ -20,12 +20,9 @@ import ray
 from ray import tune
 
 import raybrain.tasks as tasks
-from raybrain.sweep.arms import RunSpec, plan_config_runs
-from raybrain.sweep.execute import ConfigExecutor, aggregate_objective
-
-RECORDS_KEY = "raybrain_records"
-#: result key: the trial's runs not finished yet (JSON list of run keys)
-OPEN_KEY = "raybrain_open_runs"
+from raybrain.sweep.arms import RunSpec, config_params, plan_trial_runs
+from raybrain.sweep.execute import ConfigExecutor
+from raybrain.sweep.records import mark_resumed, trial_metrics
 
 
 @ray.remote(num_cpus=0)
@@ -45,20 +42,6 @@ class BaselineLedger:
 
     def claim(self, keys: list[str], owner: str) -> list[str]:
         return [k for k in keys if self.owner.setdefault(k, owner) == owner]
-
-
-def config_params(config: dict[str, Any]) -> dict[str, Any]:
-    """The searched values of a Tune config (grid configs nest them under ``params``)."""
-    return dict(config["params"]) if "params" in config else dict(config)
-
-
-def plan_trial_runs(ctx: dict[str, Any], searched: dict[str, Any]) -> list[RunSpec]:
-    """All runs the config needs, before baseline claims."""
-    task = tasks.get(ctx["task"])
-    params = {**ctx["fixed"], **searched}
-    label = {k: searched[k] for k in sorted(searched)}
-    return plan_config_runs(ctx["sweep"], task, params, ctx["arms"], ctx["arms_spec"],
-                            ctx["seeds"], ctx["data_seed"], label=label, stage=ctx["stage"])
 
 
 def config_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
@@ -121,20 +104,3 @@ def config_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
         else:
             tune.report(metrics)
-
-
-def mark_resumed(replay: list[dict[str, Any]]) -> None:
-    """Tag the last replayed record of each run with the epoch it resumed from."""
-    last: dict[str, dict[str, Any]] = {}
-    for rec in replay:
-        last[rec["key"]] = rec
-    for rec in last.values():
-        rec["resumed_from"] = int(rec["epoch"])
-
-
-def trial_metrics(ctx, runs, latest, done, records, epoch) -> dict[str, Any]:
-    """What a trial reports to Tune after an epoch."""
-    objective = aggregate_objective(latest, runs, ctx["metric"], ctx["objective"])
-    return {"objective": objective, "epoch": epoch, "runs_total": len(runs),
-            "runs_done": len(done), RECORDS_KEY: json.dumps(records),
-            OPEN_KEY: json.dumps(sorted(r.key for r in runs if r.key not in done))}

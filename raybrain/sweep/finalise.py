@@ -1,0 +1,66 @@
+"""How a sweep ends: finished (verdict, report), interrupted, or failed.
+
+- **finished**: the verdict of the judged stage (table printed, ``verdict.csv`` on the
+  parent run), the HTML report, the parent run FINISHED;
+- **interrupted** (a stop signal): no verdict and no report; the parent and every child
+  run still RUNNING become KILLED; the command that resumes the sweep is printed;
+- **failed** (configs failed beyond their retries, Ray lost): no verdict; the parent is
+  FAILED, open child runs FAILED with the reason; one line says what failed and how to
+  resume.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from raybrain.errors import SweepFailed
+
+
+def finish(pre, tracker, out: Callable[[str], None]):
+    """Verdict, report and the parent run closed FINISHED; returns the verdict table."""
+    from raybrain.analysis.verdict import format_table, verdict_table
+
+    spec = pre.spec
+    table = verdict_table(tracker, spec)
+    tracker.client.log_text(tracker.parent_id, table.to_csv(), "verdict.csv")
+    out(format_table(table, spec))
+    try:
+        from raybrain.analysis.report import build_report
+
+        out(f"report: {build_report(spec.name, spec.tracking.uri, spec.tracking.experiment)}")
+    except Exception as exc:  # the runs and the verdict are safe in MLflow already
+        out(f"the report could not be written ({type(exc).__name__}: {exc}); "
+            f"retry with: raybrain report {spec.name} --tracking-uri {spec.tracking.uri}")
+    tracker.close_parent("FINISHED")
+    out(f"open the MLflow UI: raybrain ui --tracking-uri {spec.tracking.uri} "
+        f"--experiment {spec.tracking.experiment} --sweep {spec.name}")
+    return table
+
+
+def interrupted(pre, tracker, out: Callable[[str], None], immediate: bool = False) -> None:
+    """Close the parent and every unfinished child run as KILLED; say how to resume."""
+    if tracker is not None and tracker.parent_id is not None:
+        try:
+            n = tracker.mark_unfinished("KILLED")
+            tracker.close_parent("KILLED")
+            out(f"sweep {pre.spec.name!r} interrupted: {n} unfinished run(s) and the sweep "
+                f"marked KILLED in MLflow; no verdict was written")
+        except Exception as exc:  # MLflow down: the resume re-syncs and re-opens them
+            out(f"sweep {pre.spec.name!r} interrupted; MLflow could not be updated "
+                f"({type(exc).__name__}); the resume brings it up to date")
+    else:
+        out(f"sweep {pre.spec.name!r} interrupted before any run started")
+    out(f"resume with: {pre.resume_command}")
+
+
+def failed(pre, tracker, status, out: Callable[[str], None]) -> SweepFailed:
+    """Close the parent FAILED; the one-line error to raise (what failed, how to resume)."""
+    if tracker is not None and tracker.parent_id is not None:
+        tracker.mark_unfinished("FAILED", "the sweep failed before this run finished")
+        tracker.close_parent("FAILED")
+    errors = list(status.errors)
+    lines = [ln for ln in str(errors[0]).splitlines() if ln.strip()] if errors else []
+    first = lines[-1][:300] if lines else "unknown error"
+    return SweepFailed(f"sweep {pre.spec.name!r} failed: {len(errors)} config(s) failed beyond "
+                       f"their retries (first error: {first}); no verdict was written; fix "
+                       f"the cause, then resume with: {pre.resume_command}")
