@@ -310,3 +310,37 @@ def test_subsample_items_errors():
         subsample_items(10, 2.5, 0)
     with pytest.raises(SpecError, match="rng must be a numpy.random.Generator or an int"):
         subsample_items(10, 5, None)
+
+
+@pytest.mark.unit
+def test_memory_alignment_per_step_tells_brain_from_shuffled_where_bins_cannot():
+    """Known answer for the memory task's alignment: a model embedding that carries the
+    brain's step-to-step signal (plus the within-step time course every step shares) and
+    one that carries a step-shuffled copy of it look the same over time bins, which the
+    shared time course dominates, but per step (bins averaged) only the first aligns."""
+    from raybrain.tasks.b2m_memory import _step_means
+
+    rng = np.random.default_rng(0)
+    n_ep, n_steps_per_ep, bins, dim = 12, 6, 5, 7
+    step_signal = rng.normal(size=(n_ep * n_steps_per_ep, dim))
+    time_course = 6.0 * rng.normal(size=(bins, dim))          # shared by every step
+    brain_steps = step_signal[:, None, :] + time_course[None]  # (n_steps, bins, dim)
+    shuffled = step_signal[rng.permutation(len(step_signal))][:, None, :] + time_course[None]
+
+    def to_time(steps):  # (n_steps, bins, dim) -> (n_ep, T, dim) with a context bin first
+        x = np.zeros((n_ep, 1 + n_steps_per_ep * bins, dim), np.float32)
+        x[:, 1:] = steps.reshape(n_ep, n_steps_per_ep * bins, dim)
+        return torch.from_numpy(x)
+
+    mask = torch.zeros(n_ep, 1 + n_steps_per_ep * bins, dtype=torch.bool)
+    mask[:, 1:] = True
+    brain = _step_means(to_time(brain_steps), mask, bins)
+    assert np.allclose(brain, step_signal + time_course.mean(0), atol=1e-5)
+    aligned, other = _step_means(to_time(brain_steps), mask, bins), _step_means(
+        to_time(shuffled), mask, bins)
+    assert linear_cka(aligned, brain) == pytest.approx(1.0)
+    assert linear_cka(other, brain) < 0.2
+    # over bins both look aligned: the time course is what they share
+    flat = lambda s: s.reshape(-1, dim)  # noqa: E731
+    assert linear_cka(flat(brain_steps), flat(brain_steps)) == pytest.approx(1.0)
+    assert linear_cka(flat(shuffled), flat(brain_steps)) > 0.8

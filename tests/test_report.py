@@ -204,6 +204,10 @@ def test_figures_show_what_the_verdict_says():
     assert [lab for lab in labels if lab.startswith("brain")] == [
         "brain, alpha=0.1", "brain, alpha=0.2", "brain, alpha=0.4"]
     assert "none (no brain term)" in labels and any(lab.startswith("best L2") for lab in labels)
+    # the controls the verdict is built on are drawn too, at every value of the parameter
+    for arm in ("shuffled", "noise"):
+        assert [lab for lab in labels if lab.startswith(arm)] == [
+            f"{arm}, alpha=0.1", f"{arm}, alpha=0.2", f"{arm}, alpha=0.4"]
     assert ax.get_xlabel() == "epoch" and ax.get_ylabel() == "test accuracy"
     assert [line.get_linestyle() for line in ax.get_lines()
             if line.get_label().startswith("none")] == ["--"]

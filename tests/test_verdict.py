@@ -81,7 +81,9 @@ def test_holm_across_configs_and_the_verdict_rule():
     table = build_verdict(many)
     t = _tests(table, "alpha=0.1")[("shuffled", "final_test_accuracy")]
     assert t["p_mannwhitney_holm"] == pytest.approx(13 / 252)
-    assert {r["verdict"] for r in table.of("verdict")} == {"no evidence that brain helps"}
+    assert {r["verdict"] for r in table.of("verdict")} == {
+        "cannot be positive with n = 5 per arm across 13 configs (smallest attainable "
+        "Holm-corrected p = 0.0516)"}
 
 
 def test_missing_arm_is_said_and_the_rest_rendered():
@@ -167,3 +169,66 @@ def test_the_one_divergence_rule():
     assert not diverged({"test_loss": [0.5, 1.0]}, rule)  # at the threshold is not above
     assert diverged({"test_loss": [0.5, float("nan")]}, rule)
     assert diverged({}, None, non_finite=True) and not diverged({"loss": [9.0]}, None)
+
+
+def test_a_verdict_that_sample_sizes_decided_says_so():
+    """2 seeds per arm: the smallest exact one-sided Mann-Whitney p is 1/C(4, 2) = 1/6, so
+    no data could give "brain helps"; table, csv and text say so instead of a verdict."""
+    recs = [r for r in _records() if r["seed"] < 2 and r["arm"] != "noise"]
+    table = build_verdict(recs, expected_arms=["brain", "shuffled", "l2", "none"])
+    msg = "cannot be positive with n = 2 per arm (smallest attainable p = 0.167)"
+    assert {r["verdict"] for r in table.of("verdict")} == {msg}
+    assert msg in table.to_csv() and msg in format_table(table)
+    assert "NO EVIDENCE" not in format_table(table)
+    t = _tests(table)[("shuffled", "final_test_accuracy")]
+    assert t["p_attainable"] == pytest.approx(1 / 6) and t["p_mannwhitney"] == pytest.approx(1 / 6)
+
+
+def test_runs_diverged_by_the_threshold_rule_rank_worst():
+    """Five brain runs of a loss task whose last epoch broke the task's threshold (so they
+    diverged, though their primary values look best) must not give "brain helps"."""
+    recs = []
+    for s in range(5):
+        recs.append(_rec("brain", s, 0.10 + s / 100, diverged=True))
+        recs.append(_rec("shuffled", s, 0.50 + s / 100))
+    table = build_verdict(recs, mode="min", expected_arms=["brain", "shuffled"])
+    t = _tests(table)[("shuffled", "final_test_accuracy")]
+    assert t["p_mannwhitney"] == pytest.approx(1.0)  # brain ranked below every control run
+    assert {r["verdict"] for r in table.of("verdict")} == {"no evidence that brain helps"}
+    arm = next(r for r in table.arm_rows() if r["arm"] == "brain")
+    assert arm["diverged"] == 5
+    # the same values without the flag would have "helped": the flag is what decides
+    for r in recs:
+        r["diverged"] = False
+    table = build_verdict(recs, mode="min", expected_arms=["brain", "shuffled"])
+    assert {r["verdict"] for r in table.of("verdict")} == {"brain helps"}
+
+
+def test_wilcoxon_reports_its_effective_n():
+    recs = []
+    for s in range(5):
+        brain = 0.9 if s < 2 else 0.6  # seeds 2-4 tie with the control
+        recs.append(_rec("brain", s, brain))
+        recs.append(_rec("shuffled", s, 0.6))
+    t = _tests(build_verdict(recs))[("shuffled", "final_test_accuracy")]
+    assert t["n_wilcoxon"] == 2 and "3 zero difference(s) dropped" in t["note"]
+    same = [dict(r, final=0.6, area=0.6) for r in recs]
+    table = build_verdict(same)
+    t = _tests(table)[("shuffled", "final_test_accuracy")]
+    assert t["n_wilcoxon"] == 0 and t["note"].startswith("every paired difference is zero")
+    assert "every paired difference is zero" in format_table(table)
+
+
+def test_gain_vs_alignment_leaves_out_seeds_without_a_none_run():
+    recs = [r for r in _records() if not (r["arm"] == "none" and r["seed"] == 4)]
+    table = build_verdict(recs, align_metrics=ALIGN)
+    row = next(r for r in table.of("alignment") if r["comparison"] == "gain vs alignment"
+               and r["metric"] == "align_cka")
+    assert row["n"] == 12  # 15 brain-dependent runs minus the 3 of seed 4
+    assert "3 run(s) of seed(s) [4] left out: no 'none' run at that seed" in row["note"]
+
+
+def test_the_diff_column_says_which_sign_favours_brain():
+    lower = build_verdict(_records(), mode="min")
+    assert "(brain - control; < 0 favours brain)" in format_table(lower)
+    assert "(brain - control; > 0 favours brain)" in format_table(build_verdict(_records()))

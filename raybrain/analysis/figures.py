@@ -439,6 +439,20 @@ def trajectory_panel(data: ReportData, chart: dict[str, Any]) -> Panel:
             ax.fill_between(steps[ok], (mean - sem)[ok], (mean + sem)[ok], color=color,
                             alpha=0.18, lw=0)
         drawn += 1
+    # the brain-data controls the verdict is built on, at the same values of the parameter
+    styles = {"shuffled": ":", "noise": "-."}
+    for j, arm in enumerate(a for a in data.brain_dependent_arms() if a != "brain"):
+        for k, config in enumerate(configs):
+            runs = data.config_runs(config, arm)
+            steps, mean, sem = _mean_sem_curve([data.history(r.run_id, metric) for r in runs])
+            if not len(steps):
+                continue
+            color = _arm_color(arm, j)
+            label = (f"{arm}, {xaxis.name}={xaxis.ticks[config]}" if xaxis.name != "config"
+                     else f"{arm}, {config}")
+            ax.plot(steps, mean, color=color, lw=1.3, ls=styles.get(arm, "--"),
+                    alpha=0.55 + 0.4 * (k + 1) / max(len(configs), 1), label=label)
+            drawn += 1
     # baselines: one curve per distinct set of baseline runs
     seen: set[tuple] = set()
     multi = len({data.baseline_key(c) for c in data.configs()}) > 1
@@ -478,6 +492,7 @@ def trajectory_panel(data: ReportData, chart: dict[str, Any]) -> Panel:
     n = _seeds([r for c in configs for r in data.config_runs(c, "brain")])
     caption = (f"{chart['title'].capitalize()} on the {data.table.stage} stage: mean over "
                f"{n} seed(s) for the brain arm at each {xaxis.name} (shaded: +/- s.e.m.), the "
+               f"shuffled (dotted) and noise (dash-dot) controls at the same values, the "
                f"'none' arm dashed, and the best L2 as a grey band (mean +/- s.e.m.; the "
                f"weight decay with the best mean validation metric).")
     if n < 2:

@@ -299,7 +299,7 @@ def _e(text: Any) -> str:
 def _verdict_class(verdict: str | None) -> str:
     if verdict == "brain helps":
         return "yes"
-    if verdict and verdict.startswith("not computable"):
+    if verdict and verdict.startswith(("not computable", "cannot be positive")):
         return "nc"
     return "no"
 
@@ -409,15 +409,23 @@ def _config_section(data: ReportData, config: str) -> str:
     if tests:
         sig = t.significance
         rows = [[_e(r["comparison"]), _e(r["metric"]), str(r["n"]), _p(r["p_mannwhitney"]),
-                 _p(r["p_mannwhitney_holm"], sig), _p(r["p_wilcoxon"]),
+                 _p(r["p_mannwhitney_holm"], sig), _p(r.get("p_attainable")),
+                 _p(r["p_wilcoxon"]) + (f" (n = {r['n_wilcoxon']})"
+                                        if r.get("n_wilcoxon") is not None else ""),
                  _p(r["p_wilcoxon_holm"], sig), _num(r["diff"]), _ci(r["ci_low"], r["ci_high"])]
                 for r in tests]
+        favours = "&gt; 0" if tests[0].get("better_sign", "+") == "+" else "&lt; 0"
         parts.append(_table(["brain vs", "metric", "n", "Mann-Whitney p", "MW p (Holm)",
-                             "Wilcoxon p", "Wilcoxon p (Holm)", "brain - control (means)",
+                             "smallest attainable (Holm)", "Wilcoxon p (n non-zero pairs)",
+                             "Wilcoxon p (Holm)",
+                             f"brain - control (means; {favours} favours brain)",
                              "95% bootstrap CI"], rows))
         parts.append(f'<p class="small">One-sided p-values, brain better; Holm-corrected p '
-                     f"below {_e(sig)} in bold.</p>")
+                     f"below {_e(sig)} in bold. The smallest attainable p is what fully "
+                     f"separated arms of these sizes would give: when it is not below "
+                     f"{_e(sig)}, no data could have made the verdict positive.</p>")
     notes = [r["note"] for r in t.of("note", config)]
+    notes += [f"{r['comparison']}, {r['metric']}: {r['note']}" for r in tests if r.get("note")]
     if notes:
         parts.append("<ul>" + "".join(f'<li class="note">note: {_e(n)}</li>' for n in notes)
                      + "</ul>")

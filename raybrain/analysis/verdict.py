@@ -38,8 +38,8 @@ from raybrain.tasks.base import validation_metric
 CONTROL_ORDER = ("shuffled", "noise")
 COLUMNS = ["kind", "config", "arm", "control", "comparison", "metric", "n", "mean", "sem",
            "median", "best", "diverged", "diverged_rate", "p_mannwhitney", "p_wilcoxon",
-           "p_mannwhitney_holm", "p_wilcoxon_holm", "diff", "ci_low", "ci_high", "r",
-           "verdict", "note"]
+           "n_wilcoxon", "p_mannwhitney_holm", "p_wilcoxon_holm", "p_attainable", "diff",
+           "better_sign", "ci_low", "ci_high", "r", "verdict", "note"]
 
 
 @dataclass
@@ -122,11 +122,21 @@ def _worst(*groups: list[float]) -> list[list[float]]:
 
     Ranking a diverged run as the worst outcome (rather than dropping it) keeps an arm
     that diverges more from looking better. Values are already oriented so that higher
-    is better.
+    is better; callers pass ``-inf`` for a run that diverged by the task's threshold rule
+    even though its last value is finite.
     """
     finite = [v for g in groups for v in g if math.isfinite(v)]
     floor = (min(finite) - 1.0) if finite else 0.0
     return [[v if math.isfinite(v) else floor for v in g] for g in groups]
+
+
+def _ranked(r: dict[str, Any], metric: str, sign: float) -> float:
+    """A run's value as the tests rank it: oriented (higher is better), and the worst
+    possible when the run diverged (non-finite, or the task's threshold rule)."""
+    v = r[metric]
+    if r.get("diverged") or not math.isfinite(v):
+        return -math.inf
+    return sign * v
 
 
 def _summary(recs: list[dict[str, Any]], metric: str) -> dict[str, Any]:
@@ -147,13 +157,16 @@ def _compare(a_recs, b_recs, metric: str, sign: float) -> dict[str, Any]:
     The tests rank diverged runs worst; the difference and CI describe the finite values
     only (a diverged run has no value to average), paired by seed when every run pairs.
     """
-    a, b = _worst([sign * r[metric] for r in a_recs], [sign * r[metric] for r in b_recs])
+    a, b = _worst([_ranked(r, metric, sign) for r in a_recs],
+                  [_ranked(r, metric, sign) for r in b_recs])
     by_a = {r["seed"]: r for r in a_recs}
     by_b = {r["seed"]: r for r in b_recs}
     paired = sorted(set(by_a) & set(by_b))
-    pa, pb = _worst([sign * by_a[s][metric] for s in paired],
-                    [sign * by_b[s][metric] for s in paired])
+    pa, pb = _worst([_ranked(by_a[s], metric, sign) for s in paired],
+                    [_ranked(by_b[s], metric, sign) for s in paired])
     enough = len(a) >= 2 and len(b) >= 2
+    # the signed-rank test drops zero differences: its effective n
+    n_wilcoxon = sum(1 for x, y in zip(pa, pb) if x != y)
     fa = [r[metric] for r in a_recs if math.isfinite(r[metric])]
     fb = [r[metric] for r in b_recs if math.isfinite(r[metric])]
     fpair = [s for s in paired if math.isfinite(by_a[s][metric]) and math.isfinite(by_b[s][metric])]
@@ -164,10 +177,19 @@ def _compare(a_recs, b_recs, metric: str, sign: float) -> dict[str, Any]:
                                          [by_b[s][metric] for s in fpair], paired=True)
         else:
             ci = stats.bootstrap_diff_ci(fa, fb, paired=False)
+    wnote = None
+    if len(paired) >= 2 and n_wilcoxon == 0:
+        wnote = "every paired difference is zero: the Wilcoxon test has nothing to rank"
+    elif len(paired) >= 2 and n_wilcoxon < len(paired):
+        wnote = (f"Wilcoxon on {n_wilcoxon} of {len(paired)} pairs "
+                 f"({len(paired) - n_wilcoxon} zero difference(s) dropped)")
     return {
-        "n": min(len(a), len(b)),
+        "n": min(len(a), len(b)), "n_brain": len(a), "n_control": len(b),
         "p_mannwhitney": stats.mann_whitney_greater(a, b) if enough else None,
         "p_wilcoxon": stats.wilcoxon_greater(pa, pb) if len(paired) >= 2 else None,
+        "n_wilcoxon": n_wilcoxon if len(paired) >= 2 else None,
+        "better_sign": "+" if sign > 0 else "-",
+        "note": wnote,
         "diff": float(np.mean(fa) - np.mean(fb)) if fa and fb else None,
         "median": float(np.median(fa) - np.median(fb)) if fa and fb else None,
         "ci_low": None if ci is None else ci[0],
@@ -176,7 +198,13 @@ def _compare(a_recs, b_recs, metric: str, sign: float) -> dict[str, Any]:
 
 
 def _holm_by_group(rows: list[dict[str, Any]]) -> None:
-    """Holm-correct each (control, metric) family across the configs, in place."""
+    """Holm-correct each (control, metric) family across the configs, in place.
+
+    Also the smallest Holm-corrected Mann-Whitney p each test could reach at all, from its
+    sample sizes alone (fully separated arms: ``1 / C(n_a + n_b, n_a)``, times the number
+    of tests in the family): ``p_attainable``. When that is not below the significance
+    level, no data could have made the verdict positive.
+    """
     families: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
         families.setdefault((r["control"], r["metric"]), []).append(r)
@@ -185,6 +213,24 @@ def _holm_by_group(rows: list[dict[str, Any]]) -> None:
             adjusted = stats.holm([r[test] for r in fam])
             for r, p in zip(fam, adjusted):
                 r[f"{test}_holm"] = p
+        k = sum(1 for r in fam if r["p_mannwhitney"] is not None)
+        for r in fam:
+            if r["p_mannwhitney"] is None:
+                continue
+            single = 1.0 / math.comb(r["n_brain"] + r["n_control"], r["n_brain"])
+            r["p_attainable"] = min(1.0, k * single)
+            r["p_attainable_single"] = single
+            r["family_size"] = k
+
+
+def _cannot_be_positive(row: dict[str, Any]) -> str:
+    """The verdict in place of one that sample sizes alone decided before training."""
+    na, nb = row["n_brain"], row["n_control"]
+    n = f"n = {na} per arm" if na == nb else f"n = {na} brain and {nb} {row['comparison']} runs"
+    if row["p_attainable_single"] >= row["p_attainable"] or row.get("family_size", 1) == 1:
+        return f"cannot be positive with {n} (smallest attainable p = {row['p_attainable']:.3g})"
+    return (f"cannot be positive with {n} across {row['family_size']} configs (smallest "
+            f"attainable Holm-corrected p = {row['p_attainable']:.3g})")
 
 
 # --------------------------------------------------------------------------- build
@@ -262,8 +308,12 @@ def build_verdict(records: list[dict[str, Any]], primary: str = "test_accuracy",
             if not rows:
                 continue
             ps = [r["p_mannwhitney_holm"] for r in rows]
+            blocked = [r for r in rows if r.get("p_attainable") is not None
+                       and r["p_attainable"] >= significance]
             if any(p is None for p in ps):
                 verdict = "not computable (fewer than 2 seeds in an arm)"
+            elif blocked:
+                verdict = _cannot_be_positive(blocked[0])
             elif all(p < significance for p in ps):
                 verdict = "brain helps"
             else:
@@ -312,13 +362,28 @@ def _alignment_tracking(table: VerdictTable, records, sign: float,
     none = {(r["baseline_key"], r["seed"]): r["area"] for r in records
             if r["arm"] == "none" and math.isfinite(r["area"])}
     runs = [r for r in records if not r["baseline"] and math.isfinite(r["area"])]
+    if not none:
+        for metric in align_metrics:
+            table.rows.append({"kind": "alignment", "config": "", "metric": metric,
+                               "comparison": "gain vs alignment", "n": 0,
+                               "note": "not computable: the sweep has no finished 'none' runs "
+                                       "to measure gains against"})
+        return
+    # a gain needs the 'none' run of the same seed: runs without one are left out (their
+    # raw area is not a gain)
+    unmatched = [r for r in runs if (r["baseline_key"], r["seed"]) not in none]
+    runs = [r for r in runs if (r["baseline_key"], r["seed"]) in none]
+    dropped = (f"; {len(unmatched)} run(s) of seed(s) "
+               f"{sorted({r['seed'] for r in unmatched})} left out: no 'none' run at that seed"
+               if unmatched else "")
     for metric, mode in align_metrics.items():
-        pts = [(r[metric], sign * (r["area"] - none.get((r["baseline_key"], r["seed"]), 0.0)))
+        pts = [(r[metric], sign * (r["area"] - none[(r["baseline_key"], r["seed"])]))
                for r in runs if math.isfinite(r.get(metric, math.nan))]
         if len(pts) < 3 or len({p[0] for p in pts}) < 2 or len({p[1] for p in pts}) < 2:
             table.rows.append({"kind": "alignment", "config": "", "metric": metric,
                                "comparison": "gain vs alignment", "n": len(pts),
-                               "note": "not computable (fewer than 3 runs or no variation)"})
+                               "note": "not computable (fewer than 3 runs or no variation)"
+                                       + dropped})
             continue
         res = spearmanr([p[0] for p in pts], [p[1] for p in pts])
         oriented = ("" if mode == "max" else
@@ -328,7 +393,7 @@ def _alignment_tracking(table: VerdictTable, records, sign: float,
                            "r": float(res.statistic), "p_mannwhitney": None,
                            "note": f"Spearman r across runs, p = {float(res.pvalue):.3g} "
                                    f"(two-sided); gain = area - area of 'none' at the same "
-                                   f"seed{oriented}"})
+                                   f"seed{oriented}{dropped}"})
 
 
 def verdict_table(tracker, spec) -> VerdictTable:
@@ -371,18 +436,26 @@ def format_table(table: VerdictTable, spec=None) -> str:
                          f"{f['diverged']}/{f['n']}")
         tests = table.of("test", config)
         if tests:
+            favours = "> 0" if tests[0].get("better_sign", "+") == "+" else "< 0"
             lines.append(f"  {'brain vs':<28}{'metric':<26}{'MW p':>8}{'(Holm)':>8}"
-                         f"{'Wilcoxon p':>12}{'(Holm)':>8}   diff [95% CI]")
+                         f"{'Wilcoxon p (n)':>16}{'(Holm)':>8}   diff [95% CI] "
+                         f"(brain - control; {favours} favours brain)")
             for r in tests:
                 ci = (f"[{_fmt(r['ci_low'], 4)}, {_fmt(r['ci_high'], 4)}]"
                       if r["ci_low"] is not None else "[n/c]")
+                wn = f" ({r['n_wilcoxon']})" if r.get("n_wilcoxon") is not None else ""
                 lines.append(f"  {r['comparison']:<28}{r['metric']:<26}{_p(r['p_mannwhitney']):>8}"
-                             f"{_p(r['p_mannwhitney_holm']):>8}{_p(r['p_wilcoxon']):>12}"
+                             f"{_p(r['p_mannwhitney_holm']):>8}{_p(r['p_wilcoxon']) + wn:>16}"
                              f"{_p(r['p_wilcoxon_holm']):>8}   {_fmt(r['diff'], 4)} {ci}")
+            for r in tests:
+                if r.get("note"):
+                    lines.append(f"  note ({r['comparison']}, {r['metric']}): {r['note']}")
         for r in table.of("note", config):
             lines.append(f"  note: {r['note']}")
         for r in table.of("verdict", config):
-            lines.append(f"  verdict ({r['metric']}): {r['verdict'].upper()}")
+            v = r["verdict"]
+            shown = v.upper() if v in ("brain helps", "no evidence that brain helps") else v
+            lines.append(f"  verdict ({r['metric']}): {shown}")
         align = [r for r in table.of("alignment", config)]
         if align:
             lines.append("  alignment with the real brain (final, held-out steps): " + "; ".join(
