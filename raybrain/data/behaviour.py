@@ -1,0 +1,106 @@
+"""Behavioural targets and measures for CLIP-HBA-Behavior (numpy/scipy).
+
+- :func:`rescale_spose`: the CLIP-HBA target scaling ``(raw - lo) / (hi - lo) * 100``, with
+  ``lo`` and ``hi`` the global min and max of the full SPoSE embedding (THINGS: -0.00052 and
+  2.7415, over all 1,854 x 66 entries), so every split shares one scale.
+- :func:`odd_one_out_accuracy`: fraction of triplets whose odd one out an embedding predicts
+  (the item outside the pair with the largest dot product, SPoSE's choice rule).
+- :func:`behaviour_rdm` and :func:`rdm_spearman`: the RDM of predicted embeddings,
+  ``1 - Pearson r`` between rows (diagonal 0, as the CLIP-HBA code's ``1 - np.corrcoef``),
+  and its Spearman r with a target RDM over the upper triangles.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from raybrain.data.embeddings import spose_predict_odd_one_out
+from raybrain.errors import SpecError
+
+__all__ = ["behaviour_rdm", "odd_one_out_accuracy", "rdm_spearman", "rescale_spose"]
+
+
+def rescale_spose(values, lo: float, hi: float, scale: float = 100.0) -> np.ndarray:
+    """CLIP-HBA's target scaling ``(values - lo) / (hi - lo) * scale``.
+
+    Parameters
+    ----------
+    values : array_like, shape (n_items, n_dims)
+    lo, hi : float
+        Global min and max of the full embedding (``hi > lo``).
+    scale : float
+
+    Returns
+    -------
+    np.ndarray of float64, same shape
+    """
+    if not (np.isfinite([lo, hi]).all() and hi > lo):
+        raise SpecError(f"rescale_spose needs finite lo < hi, got lo={lo!r}, hi={hi!r}")
+    return (np.asarray(values, dtype=np.float64) - lo) / (hi - lo) * float(scale)
+
+
+def odd_one_out_accuracy(values, triplets, odd) -> float:
+    """Fraction of triplets whose chosen odd one out the embedding predicts.
+
+    Parameters
+    ----------
+    values : array_like, shape (n_items, n_dims)
+        Predicted (or target) embeddings.
+    triplets : array_like of int, shape (n, 3)
+        Row indices into ``values``.
+    odd : array_like of int, shape (n,)
+        Position (0, 1 or 2) of the odd one out chosen by the participant or teacher.
+
+    Returns
+    -------
+    float
+        In [0, 1]; chance is 1/3.
+    """
+    t = np.asarray(triplets)
+    o = np.asarray(odd)
+    if o.shape != (len(t),) or o.dtype.kind not in "iu" or (o.size and (o.min() < 0 or
+                                                                      o.max() > 2)):
+        raise SpecError(f"odd must hold one position in {{0, 1, 2}} per triplet ({len(t)}), got "
+                        f"{o.dtype} {o.shape}")
+    if len(t) == 0:
+        raise SpecError("odd_one_out_accuracy needs at least one triplet")
+    return float(np.mean(spose_predict_odd_one_out(np.asarray(values), t) == o))
+
+
+def behaviour_rdm(values) -> np.ndarray:
+    """``1 - Pearson r`` between embedding rows, diagonal 0.
+
+    Parameters
+    ----------
+    values : array_like, shape (n_items, n_dims)
+
+    Returns
+    -------
+    np.ndarray of float64, shape (n_items, n_items)
+    """
+    from raybrain.align.diagnostics import rdm
+
+    return rdm(values, metric="correlation")
+
+
+def rdm_spearman(values, target_rdm) -> float:
+    """Spearman r between the RDM of ``values`` and a target RDM (upper triangles).
+
+    Parameters
+    ----------
+    values : array_like, shape (n_items, n_dims)
+    target_rdm : array_like, shape (n_items, n_items)
+
+    Returns
+    -------
+    float
+    """
+    from scipy.stats import spearmanr
+
+    pred = behaviour_rdm(values)
+    tgt = np.asarray(target_rdm, dtype=np.float64)
+    if tgt.shape != pred.shape:
+        raise SpecError(f"target RDM has shape {tgt.shape} but {pred.shape[0]} embeddings were "
+                        f"given; expected ({pred.shape[0]}, {pred.shape[0]})")
+    i, j = np.triu_indices(len(pred), k=1)
+    return float(spearmanr(pred[i, j], tgt[i, j]).statistic)
