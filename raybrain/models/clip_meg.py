@@ -21,10 +21,12 @@ For an image batch the model computes, for every output time point t (paper sect
    (the CLIP-HBA code also adds it at evaluation, which makes validation metrics random);
 6. ``rdm_t = 1 - Pearson(e_t)`` (B, B) (:func:`raybrain.align.temporal.pearson_rdm`).
 
-Row normalisation of ``W``: ``w = clamp(w, min=0); w / sum(w)``. On a row already on the
-simplex this is the identity, and its gradient reaches every entry including zeros (clamp
-passes the gradient at the boundary; the CLIP-HBA min-max scaling always gives the smallest
-entry weight 0, so one layer can never be used). After each optimiser step call
+Row normalisation of ``W``: ``w = max(w, 0); w / sum(w)``, with the gradient of ``max(w, 0)``
+taken as 1 at ``w = 0`` (``torch.where(w >= 0, w, 0)``; clamp and relu give 0 there, which
+would pin the zero entries of the one-hot initial rows for ever). On a row already on the
+simplex this is the identity, and its gradient reaches every entry including the zeros.
+(The CLIP-HBA code min-max scales each row, then divides by the sum, then applies a relu:
+its smallest entry always gets weight 0, so one layer can never be used.) After each optimiser step call
 :meth:`CLIPHBAMEG.project_reweighting_`, which projects every row of ``W`` onto the simplex
 (Euclidean projection, Duchi et al. 2008), so the parameter itself stays non-negative and
 sums to 1.
@@ -217,7 +219,10 @@ class CLIPHBAMEG(nn.Module):
         """Effective layer weights per output time point, shape (T_out, L), rows on the simplex."""
         idx = self.time_index if time_index is None else self._check_index(time_index)
         a = window_matrix(self.n_times, idx, self.half_width).to(self.reweighting)
-        w = (a @ self.reweighting).clamp_min(0.0)
+        w = a @ self.reweighting
+        # max(w, 0) whose gradient at 0 is 1 (clamp's and relu's are 0 there, which would
+        # pin the zero entries of the one-hot initial rows)
+        w = torch.where(w >= 0, w, torch.zeros_like(w))
         return w / w.sum(dim=1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
 
     # -- forward ----------------------------------------------------------------------
