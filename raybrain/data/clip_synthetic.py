@@ -18,10 +18,12 @@ From these come the targets:
   representation at time t is ``g_e(t - tau_p) E_p + g_l(t - tau_p) L_p + sigma eps_t``:
   a transient early component (Gaussian bump at 100 ms, width 40 ms) carrying the early
   features, a sustained late component (logistic rise at 200 ms, slope 30 ms) carrying the
-  behavioural embedding, and fresh Gaussian noise at every time point; ``E_p = E (I +
-  d R_p)``, ``L_p = L (I + d R'_p)`` are participant-specific linear distortions of
-  the shared (standardised) features with strength ``d`` (``distortion``), and ``tau_p`` a
-  participant latency shift. ``rdm_t = 1 - Pearson r`` between the stimuli's
+  behavioural embedding, and fresh Gaussian noise at every time point. ``E_p`` and ``L_p``
+  are participant-specific distortions of the shared (standardised) features with strength
+  ``d`` (``distortion``): per-feature gains ``exp(d z_p)`` (how much the participant weighs
+  each dimension) followed by a mixing ``I + d R_p / sqrt(k)``; ``tau_p`` is a participant
+  latency shift. The early and late components are scaled to unit variance per feature
+  before the distortion. ``rdm_t = 1 - Pearson r`` between the stimuli's
   representations. Before onset the RDMs are pure noise.
 
 ``informative=True``: the targets describe the returned images. ``informative=False``
@@ -143,12 +145,15 @@ class Teacher:
         late = np.maximum(((z - self._z[0]) / self._z[1]) @ self.w2, 0.0)
         self._late = (late.mean(0), late.std(0) + 1e-8)
         self._scale = 1.0
-        self._scale = 10.0 / max(float(self.features(calib)[1].sum(1).mean()), 1e-8)
+        self._scale = 10.0 / max(float(self._head(z).sum(1).mean()), 1e-8)
 
     def _conv(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = np.asarray(images, dtype=np.float64).transpose(0, 3, 1, 2) / 255.0 - 0.5
         win = np.lib.stride_tricks.sliding_window_view(x, (5, 5), axis=(2, 3))[:, :, ::2, ::2]
-        h = np.maximum(np.einsum("nchwij,kcij->nkhw", win, self.k1), 0.0)  # (N, 16, h, w)
+        n, _, hh, ww = win.shape[:4]
+        cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(n * hh * ww, -1)  # (N h w, 75)
+        h = np.maximum(cols @ self.k1.reshape(len(self.k1), -1).T, 0.0)
+        h = h.reshape(n, hh, ww, -1).transpose(0, 3, 1, 2)  # (N, 16, h, w)
         early = _pool(h, 2).reshape(len(x), -1)  # (N, 64)
         return np.concatenate([h.mean(axis=(2, 3)), h.max(axis=(2, 3)), early], axis=1), early
 
@@ -165,10 +170,12 @@ class Teacher:
         embedding : np.ndarray, shape (N, n_dims), non-negative
         """
         z, early = self._conv(images)
+        return early, self._head(z)
+
+    def _head(self, z: np.ndarray) -> np.ndarray:
         late = np.maximum(((z - self._z[0]) / self._z[1]) @ self.w2, 0.0)
         late = (late - self._late[0]) / self._late[1]
-        emb = np.maximum(late @ self.w3 + self.b3, 0.0)
-        return early, emb * self._scale
+        return np.maximum(late @ self.w3 + self.b3, 0.0) * self._scale
 
 
 @dataclass
@@ -207,6 +214,14 @@ def _corr_rdm(r: np.ndarray) -> np.ndarray:
     n = r.shape[-2]
     d[..., np.arange(n), np.arange(n)] = 0.0
     return np.clip(d, 0.0, 2.0)
+
+
+def _distort(x: np.ndarray, d: float, rng: np.random.Generator) -> np.ndarray:
+    """A participant's view of standardised features (N, k): per-feature gains
+    ``exp(d z)`` (which dimensions the participant weighs) then a mixing ``I + d R / sqrt(k)``."""
+    k = x.shape[1]
+    gains = np.exp(d * rng.normal(0, 1, k))
+    return (x * gains) @ (np.eye(k) + d * rng.normal(0, 1, (k, k)) / np.sqrt(k))
 
 
 def _standardise(x: np.ndarray) -> np.ndarray:
@@ -282,9 +297,8 @@ def synthetic_clip_data(n_images: int = 96, *, size: int = 32, n_dims: int = 66,
     l_std = _standardise(emb)
     rdms = np.empty((n_participants, len(times), n_images, n_images), np.float32)
     for p in range(n_participants):
-        e_p = e_std @ (np.eye(k_e) + distortion * rng.normal(0, 1, (k_e, k_e)) / np.sqrt(k_e))
-        l_p = l_std @ (np.eye(n_dims) + distortion * rng.normal(0, 1, (n_dims, n_dims))
-                       / np.sqrt(n_dims))
+        e_p = _distort(e_std, distortion, rng)
+        l_p = _distort(l_std, distortion, rng)
         tau = rng.uniform(-latency_jitter_ms, latency_jitter_ms) / 1000.0
         t = times - tau
         g_e = np.exp(-0.5 * ((t - 0.1) / 0.04) ** 2)

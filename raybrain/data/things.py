@@ -37,7 +37,9 @@ class ThingsTargets:
     Attributes
     ----------
     spose : np.ndarray of float32, shape (1854, 66)
-        Raw SPoSE embedding (clipped at 0).
+        SPoSE embedding, rounding negatives (down to -0.00052) clipped to 0.
+    spose_raw : np.ndarray of float64, shape (1854, 66)
+        The file's values, unclipped (what the CLIP-HBA targets are rescaled from).
     labels : list of str, length 66
     unique_ids, words : list of str, length 1854
     lo, hi : float
@@ -56,6 +58,7 @@ class ThingsTargets:
     """
 
     spose: np.ndarray
+    spose_raw: np.ndarray
     labels: list[str]
     unique_ids: list[str]
     words: list[str]
@@ -71,11 +74,13 @@ class ThingsTargets:
     def rescaled(self, rows=None) -> np.ndarray:
         """CLIP-HBA targets ``(raw - lo) / (hi - lo) * 100`` of the given rows (None: all).
 
+        Computed from the unclipped values, as the CLIP-HBA authors' CSV files.
+
         Returns
         -------
         np.ndarray of float64, shape (n_rows, 66)
         """
-        v = self.spose if rows is None else self.spose[np.asarray(rows)]
+        v = self.spose_raw if rows is None else self.spose_raw[np.asarray(rows)]
         return rescale_spose(v, self.lo, self.hi)
 
 
@@ -100,10 +105,10 @@ def load_things_targets(root: str | os.PathLike) -> ThingsTargets:
     r = Path(root)
     if not r.is_dir():
         raise SpecError(f"THINGS folder '{r}' not found; expected a directory")
-    raw = np.loadtxt(_need(r, "spose_embedding_66d_sorted.txt"), dtype=np.float64)
     emb = load_spose(_need(r, "spose_embedding_66d_sorted.txt"), _need(r, "labels_66.txt"),
                      _need(r, "words.txt"))
     ids = [ln.strip() for ln in _need(r, "unique_id.txt").read_text().splitlines() if ln.strip()]
+    raw = np.loadtxt(_need(r, "spose_embedding_66d_sorted.txt"), dtype=np.float64, ndmin=2)
     n = emb.values.shape[0]
     if len(ids) != n:
         raise SpecError(f"THINGS unique_id.txt has {len(ids)} lines but the SPoSE embedding has "
@@ -121,7 +126,7 @@ def load_things_targets(root: str | os.PathLike) -> ThingsTargets:
         raise SpecError(f"THINGS test triplets must be int (n, 5) with rows < {n} and the odd "
                         f"one out in 1..3, got shape {trials.shape}")
     return ThingsTargets(
-        spose=emb.values, labels=emb.labels, unique_ids=ids, words=emb.words or [],
+        spose=emb.values, spose_raw=raw, labels=emb.labels, unique_ids=ids, words=emb.words or [],
         lo=float(raw.min()), hi=float(raw.max()), rdm48=rdm, rdm48_index=idx,
         rdm48_images=[x[3] for x in rows], triplets=trials[:, :3].astype(np.int64),
         odd=(trials[:, 3] - 1).astype(np.int64), participants=trials[:, 4].astype(np.int64))

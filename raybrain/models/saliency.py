@@ -62,7 +62,8 @@ def rise_masks(n_masks: int, size: int | tuple[int, int], *, grid: int = 7,
                        align_corners=False).numpy()[:, 0]
     dy = rng.integers(0, cell_h, n_masks)
     dx = rng.integers(0, cell_w, n_masks)
-    return np.stack([up[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n_masks)])
+    out = np.stack([up[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n_masks)])
+    return np.clip(out, 0.0, 1.0)  # bilinear rounding can give 1 + 1e-7
 
 
 def rise_saliency(score_fn: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, *,
