@@ -10,6 +10,7 @@ from scipy.stats import spearmanr
 
 from raybrain.align.temporal import (
     MEGLoss,
+    individual_differences,
     pearson_rdm,
     rdm_mse_loss,
     rdm_pearson_loss,
@@ -150,7 +151,8 @@ def test_meg_loss_gradient_reaches_parameters_and_they_move():
             assert rel > 1e-3, rel
         opt.step()
     assert not torch.equal(lin.weight, before)
-    assert float(loss(pred(), target).total) < first
+    with torch.no_grad():
+        assert float(loss(pred(), target).total) < first
 
 
 def test_temporal_rsa_is_spearman_per_time_point_and_area():
@@ -175,3 +177,21 @@ def test_temporal_rsa_is_spearman_per_time_point_and_area():
 
 def squareform_stack(rng, t, n):
     return np.stack([squareform(rng.uniform(0, 1, n * (n - 1) // 2)) for _ in range(t)])
+
+
+def test_individual_differences_against_a_direct_loop():
+    rng = np.random.default_rng(5)
+    parts = np.stack([squareform_stack(rng, 3, 6) for _ in range(4)])  # (4, 3, 6, 6)
+    models = parts + 0.2 * np.stack([squareform_stack(rng, 3, 6) for _ in range(4)])
+    m, p, rho = individual_differences(models, parts)
+    i, j = np.triu_indices(6, k=1)
+    for a in range(4):
+        for b in range(4):
+            expect = 1 - _corr(models[a][:, i, j].ravel(), models[b][:, i, j].ravel())
+            assert m[a, b] == pytest.approx(expect, abs=1e-12)
+            assert p[a, b] == pytest.approx(1 - _corr(parts[a][:, i, j].ravel(),
+                                                      parts[b][:, i, j].ravel()), abs=1e-12)
+    iu = np.triu_indices(4, k=1)
+    assert rho == pytest.approx(spearmanr(m[iu], p[iu]).statistic)
+    with pytest.raises(SpecError, match="same"):
+        individual_differences(models[:3], parts)

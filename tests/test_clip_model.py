@@ -141,18 +141,26 @@ def test_behaviour_head_is_scaled_cosine(images):
 def test_label_text_is_cached_while_frozen_and_refreshed_after_a_change():
     torch.manual_seed(0)
     clip = build_clip(TINY_MODEL)
-    apply_dora(clip, placement="attn_out", n_vision=1, n_text=1, rank=4)
+    apply_dora(clip, placement="attn_out", n_vision=1, n_text=1, rank=4, dropout=0.5)
+    with torch.no_grad():
+        for n, p in adapter_parameters(clip).items():
+            if "dora_B" in n:
+                p.normal_()  # so that dropout on the update changes the output
     text = LabelText(clip, tokenize_labels(TINY_MODEL, LABELS))
+    clip.eval()
     a = text()
     assert a.requires_grad  # the text adapter trains: no cache
+    clip.train()
+    assert not torch.allclose(text(), text())  # trainable, training mode: adapter dropout
     for p in clip.parameters():
         p.requires_grad_(False)
     b, c = text(), text()
-    assert c is b and not b.requires_grad  # frozen: computed once
+    assert c is b and not b.requires_grad  # frozen: computed once, without dropout
     torch.testing.assert_close(b, a.detach())
+    assert clip.transformer.training  # the mode is restored
     with torch.no_grad():
         next(p for n, p in adapter_parameters(clip).items()
-             if n.startswith("transformer.") and "dora_B" in n).add_(0.5)
+             if n.startswith("transformer.") and "dora_B" in n).mul_(-1.0)
     d = text()
     assert d is not b and not torch.allclose(d, b)  # an in-place change invalidates it
 

@@ -19,7 +19,7 @@ Alignment diagnostics (numpy/scipy, no gradient) live in :mod:`raybrain.align.di
 Time-resolved RDM objectives of CLIP-HBA-MEG live in :mod:`raybrain.align.temporal`:
 :func:`pearson_rdm`, :func:`rdm_pearson_loss`, :func:`rdm_mse_loss`,
 :func:`time_generalization`, :func:`time_generalization_loss`, :class:`MEGLoss`, and the
-evaluation :func:`temporal_rsa`, :func:`rsa_area`.
+evaluation :func:`temporal_rsa`, :func:`rsa_area`, :func:`individual_differences`.
 
 This package must not import ray, mlflow or optuna; torch is imported lazily inside the
 functions, so importing the package (e.g. to list the registry) does not load torch.
@@ -33,6 +33,7 @@ from raybrain.align.latent import latent_mse, latent_transfer
 from raybrain.align.mixing import mix_losses
 from raybrain.align.temporal import (
     MEGLoss,
+    individual_differences,
     pearson_rdm,
     rdm_mse_loss,
     rdm_pearson_loss,
@@ -50,6 +51,7 @@ TRANSFER_LOSSES.register("latent")(latent_transfer)
 __all__ = [
     "MEGLoss",
     "TRANSFER_LOSSES",
+    "individual_differences",
     "info_nce",
     "latent_mse",
     "latent_transfer",

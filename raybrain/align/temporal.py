@@ -27,6 +27,11 @@ Evaluation (numpy/scipy, no gradient):
 
 - :func:`temporal_rsa`: Spearman r between predicted and target RDMs at each time point.
 - :func:`rsa_area`: the area under that curve.
+- :func:`individual_differences`: model-to-model vs participant-to-participant
+  dissimilarities (paper section 4.5): each participant's (or model's) time-resolved RDMs
+  are flattened into one vector (upper triangles of all time points, concatenated), the
+  P x P dissimilarity is ``1 - Pearson r`` between those vectors, and the two P x P
+  matrices are compared by the Spearman r of their upper triangles.
 """
 
 from __future__ import annotations
@@ -41,8 +46,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 __all__ = ["MEGLoss", "MEGLossTerms", "pearson_rdm", "rdm_mse_loss", "rdm_pearson_loss",
-           "rsa_area", "temporal_rsa", "time_generalization", "time_generalization_loss",
-           "upper_triangle"]
+           "individual_differences", "rsa_area", "temporal_rsa", "time_generalization",
+           "time_generalization_loss", "upper_triangle"]
 
 EPS = 1e-8
 
@@ -329,3 +334,45 @@ def rsa_area(curve, times=None) -> float:
         raise SpecError(f"rsa_area: times must be increasing with the curve's shape {c.shape}, "
                         f"got shape {t.shape}")
     return float(np.trapezoid(c, t)) if c.size > 1 else 0.0
+
+
+def individual_differences(model_rdms, participant_rdms) -> tuple[np.ndarray, np.ndarray, float]:
+    """Model-to-model and participant-to-participant dissimilarities, and their agreement.
+
+    Parameters
+    ----------
+    model_rdms : array_like, shape (P, T, N, N)
+        Time-resolved RDMs of the P personalised models on the same N held-out stimuli.
+    participant_rdms : array_like, shape (P, T, N, N)
+        The P participants' target RDMs on those stimuli, in the same order.
+
+    Returns
+    -------
+    model_dissim : np.ndarray, shape (P, P)
+        ``1 - Pearson r`` between the models' flattened RDM time courses.
+    participant_dissim : np.ndarray, shape (P, P)
+        The same for the participants.
+    spearman : float
+        Spearman r between the upper triangles of the two matrices (NaN when P < 3).
+    """
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    out = []
+    for name, x in (("model_rdms", model_rdms), ("participant_rdms", participant_rdms)):
+        a = np.asarray(x, dtype=np.float64)
+        if a.ndim != 4 or a.shape[2] != a.shape[3] or a.shape[0] < 2 or a.shape[2] < 2:
+            raise SpecError(f"individual_differences: {name} must have shape (P, T, N, N) with "
+                            f"P >= 2 and N >= 2, got {a.shape}")
+        i, j = np.triu_indices(a.shape[2], k=1)
+        out.append(a[:, :, i, j].reshape(a.shape[0], -1))
+    if out[0].shape != out[1].shape:
+        raise SpecError(f"individual_differences: models and participants must have the same "
+                        f"(P, T, N, N), got {np.shape(model_rdms)} and "
+                        f"{np.shape(participant_rdms)}")
+    mats = [1.0 - np.corrcoef(v) for v in out]
+    p = mats[0].shape[0]
+    if p < 3:
+        return mats[0], mats[1], float("nan")
+    iu = np.triu_indices(p, k=1)
+    return mats[0], mats[1], float(spearmanr(mats[0][iu], mats[1][iu]).statistic)

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from raybrain.errors import SpecError
-from raybrain.models.dora import AdapterInfo, DoRAProjection, adapter_switches, apply_dora
+from raybrain.models.dora import AdapterInfo, adapter_switches, apply_dora
 
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Sequence
@@ -198,11 +198,12 @@ def _tokenizer(name: str):
 class LabelText(nn.Module):
     """L2-normalised text embeddings of fixed label prompts.
 
-    When no text-tower parameter requires a gradient the embeddings are computed once
-    without a graph and reused until a text-tower parameter changes (an optimiser step, a
-    ``load_state_dict``: every in-place change bumps the tensor's version counter) or a
-    text adapter is switched on or off; in training mode with adapter dropout they are
-    recomputed every call.
+    While a text-tower parameter requires a gradient the embeddings are recomputed on every
+    call (in the tower's current mode, so adapter dropout applies in training). When none
+    does, the tower is frozen: the embeddings are computed once, in eval mode (no dropout)
+    and without a graph, and reused until a text-tower parameter changes (an optimiser step
+    or ``load_state_dict``: every in-place change bumps the tensor's version counter) or a
+    text adapter is switched on or off.
 
     Parameters
     ----------
@@ -224,17 +225,19 @@ class LabelText(nn.Module):
         clip = self._clip[0]
         params = self._text_params()
         grad = torch.is_grad_enabled() and any(p.requires_grad for p in params)
-        dropout = any(m.dropout > 0 for m in clip.transformer.modules()
-                      if isinstance(m, DoRAProjection)) or any(
-            isinstance(m, nn.Dropout) and m.p > 0 for m in clip.transformer.modules())
         if grad:
             self._cache = None
             return clip.encode_text(self.tokens, normalize=True)
         key = (tuple((p.data_ptr(), p._version) for p in params),
                adapter_switches(clip.transformer), self.tokens.device)
-        if self._cache is None or self._cache[0] != key or (clip.training and dropout):
-            with torch.no_grad():
-                self._cache = (key, clip.encode_text(self.tokens, normalize=True))
+        if self._cache is None or self._cache[0] != key:
+            was = clip.transformer.training
+            clip.transformer.eval()  # a frozen text tower is evaluated without dropout
+            try:
+                with torch.no_grad():
+                    self._cache = (key, clip.encode_text(self.tokens, normalize=True))
+            finally:
+                clip.transformer.train(was)
         return self._cache[1]
 
 
