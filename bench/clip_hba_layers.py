@@ -7,8 +7,9 @@ placement and parameter kind (magnitude, A, B): the gradient norm at steps 1 and
 relative change of the parameters after two steps (||p2 - p0|| / ||p0||; for B, which starts
 at 0, the absolute norm ||p2||), the largest change of a frozen parameter, the largest
 difference between the adapted model's output at initialisation (training mode, dropout on)
-and the unadapted model's, and the largest change of the output after the two steps. Then forward and forward+backward wall times (1 thread, median
-of 7) of the behaviour head and of the MEG model (T = 36 time points) at batch 64.
+and the unadapted model's, and the largest change of the output after the two steps. Then
+forward and forward+backward wall times (1 thread, median of 7) of the behaviour head and of
+the MEG model (T = 36 time points) at batch 64.
 
     .venv/bin/python bench/clip_hba_layers.py [--vit-l]
 

@@ -137,7 +137,8 @@ def test_peft_targets_are_exact_not_suffixes(base_clip):
     """The text tower's 'transformer.resblocks.1.mlp.c_fc' is a suffix of the vision tower's
     'visual.transformer.resblocks.1.mlp.c_fc': only the chosen blocks may be adapted."""
     clip, info = _adapted(base_clip, "mlp", n_vision=0, n_text=1)
-    assert info.modules == ("transformer.resblocks.1.mlp.c_fc", "transformer.resblocks.1.mlp.c_proj")
+    assert info.modules == ("transformer.resblocks.1.mlp.c_fc",
+                            "transformer.resblocks.1.mlp.c_proj")
     names = {n.rsplit(".lora_", 1)[0] for n in adapter_parameters(clip)}
     assert names == set(info.modules)
 

@@ -46,6 +46,11 @@ def test_tiny_model_builds_random_and_has_the_registered_shape(images):
     torch.manual_seed(1)
     b = build_clip(TINY_MODEL)
     assert not torch.equal(a.visual.proj, b.visual.proj)  # random weights follow the seed
+    from open_clip.transformer import QuickGELU
+
+    assert not isinstance(a.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
+    q = build_clip(TINY_MODEL, quick_gelu=True)  # OpenAI weights were trained with QuickGELU
+    assert isinstance(q.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
 
 
 def test_unknown_model_and_missing_checkpoint_are_one_line_errors(tmp_path):
@@ -78,6 +83,7 @@ def test_checkpoint_loads_and_reproduces_outputs(tmp_path, images):
                            src.encode_image(images))
 
 
+@pytest.mark.filterwarnings("ignore:.*TorchScript:UserWarning", "ignore::FutureWarning")
 def test_mismatched_checkpoints_are_one_line_errors(tmp_path):
     sd = build_clip(TINY_MODEL).state_dict()
     wrong_shape = dict(sd)
@@ -94,6 +100,11 @@ def test_mismatched_checkpoints_are_one_line_errors(tmp_path):
             build_clip(TINY_MODEL, path)
         msg = str(exc.value)
         assert "\n" not in msg and "does not fit model 'raybrain-tiny-vit'" in msg
+    script = tmp_path / "script.pt"
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(script))
+    with pytest.raises(SpecError, match="TorchScript archive.*weights_only=False") as exc:
+        build_clip(TINY_MODEL, script)
+    assert "\n" not in str(exc.value)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint at all")
     with pytest.raises(SpecError, match="garbage.pt") as exc:

@@ -118,7 +118,8 @@ class Teacher:
 
     conv 5 x 5, stride 2, 16 channels, ReLU -> (early) 2 x 2 average pool, 64-d ->
     [global mean, global max, early], standardised -> linear 96 -> 64, ReLU, standardised
-    -> linear 64 -> n_dims, ReLU (sparse, non-negative) -> scaled to a mean row sum of 10 (as SPoSE).
+    -> linear 64 -> n_dims, ReLU (sparse, non-negative) -> scaled to a mean row sum of 10
+    (as SPoSE).
     The standardisation constants and the scale come from 256 calibration images drawn
     at construction, so each image's output depends on that image alone.
 

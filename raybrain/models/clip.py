@@ -104,7 +104,8 @@ def build_clip(model_name: str, pretrained: str | os.PathLike | None = None, *,
     quick_gelu : bool
         Use QuickGELU activations (needed for OpenAI's weights).
     weights_only : bool
-        Passed to ``torch.load`` (True refuses pickled code in a checkpoint).
+        Passed to ``torch.load`` (True refuses pickled code in a checkpoint). OpenAI's
+        original ``ViT-L-14.pt`` is a TorchScript archive and needs False.
 
     Returns
     -------
@@ -134,6 +135,10 @@ def build_clip(model_name: str, pretrained: str | os.PathLike | None = None, *,
     except (RuntimeError, KeyError, ValueError, OSError, EOFError) as exc:
         if path is None:
             raise
+        if weights_only and "TorchScript" in str(exc):
+            raise SpecError(f"CLIP checkpoint '{path}' is a TorchScript archive (OpenAI's "
+                            f"original format), which torch.load refuses with weights_only="
+                            f"True; pass weights_only=False for a file you trust") from None
         raise SpecError(f"CLIP checkpoint '{path}' does not fit model {model_name!r}: "
                         f"{_state_dict_error(exc)}") from None
     except Exception as exc:  # unpickling errors and the like: a broken file

@@ -21,15 +21,15 @@ For an image batch the model computes, for every output time point t (paper sect
    (the CLIP-HBA code also adds it at evaluation, which makes validation metrics random);
 6. ``rdm_t = 1 - Pearson(e_t)`` (B, B) (:func:`raybrain.align.temporal.pearson_rdm`).
 
-Row normalisation of ``W``: ``w = max(w, 0); w / sum(w)``, with the gradient of ``max(w, 0)``
-taken as 1 at ``w = 0`` (``torch.where(w >= 0, w, 0)``; clamp and relu give 0 there, which
-would pin the zero entries of the one-hot initial rows for ever). On a row already on the
-simplex this is the identity, and its gradient reaches every entry including the zeros.
-(The CLIP-HBA code min-max scales each row, then divides by the sum, then applies a relu:
-its smallest entry always gets weight 0, so one layer can never be used.) After each optimiser step call
-:meth:`CLIPHBAMEG.project_reweighting_`, which projects every row of ``W`` onto the simplex
-(Euclidean projection, Duchi et al. 2008), so the parameter itself stays non-negative and
-sums to 1.
+Row normalisation of ``W``: ``w = max(w, 0); w / sum(w)``, with the gradient of
+``max(w, 0)`` taken as 1 at ``w = 0`` (``torch.where(w >= 0, w, 0)``; clamp and relu give 0
+there, which would pin the zero entries of the one-hot initial rows for ever). On a row
+already on the simplex this is the identity, and its gradient reaches every entry including
+the zeros. (The CLIP-HBA code min-max scales each row, then divides by the sum, then applies
+a relu: its smallest entry always gets weight 0, so one layer can never be used.) After each
+optimiser step call :meth:`CLIPHBAMEG.project_reweighting_`, which projects every row of
+``W`` onto the simplex (Euclidean projection, Duchi et al. 2008), so the parameter itself
+stays non-negative and sums to 1.
 
 Note: a Pearson RDM is unchanged by a positive per-time scale of all embeddings, so
 ``alpha_t`` and ``beta_t`` shape the embeddings (``e_t``, RISE maps) but change the RDMs only

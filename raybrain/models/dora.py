@@ -32,6 +32,10 @@ intended; their attention path never ran it). With ``B = 0`` neither kind of dro
 changes the output at initialisation.
 
 Only the adapters train: :func:`apply_dora` freezes every other parameter of the model.
+A checkpoint holds the adapters only (:func:`adapter_state_dict`); the frozen weights come
+from the base checkpoint. (The adapted model's full ``state_dict`` names the attention
+projection's weight ``out_proj.base_weight`` and peft's ``base_layer.weight``, so it is not
+an open_clip checkpoint.)
 """
 
 from __future__ import annotations
