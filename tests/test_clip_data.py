@@ -183,8 +183,11 @@ def test_behaviour_measures_against_direct_computations():
         sims = [x[b] @ x[c], x[a] @ x[c], x[a] @ x[b]]
         naive.append(int(np.argmax(sims)) == o)
     assert odd_one_out_accuracy(x, trip, odd) == pytest.approx(np.mean(naive))
-    np.testing.assert_allclose(behaviour_rdm(x), 1 - np.corrcoef(x) - np.diag(
-        np.diag(1 - np.corrcoef(x))), atol=1e-12)
+    np.testing.assert_allclose(behaviour_rdm(x), squareform(pdist(x, "correlation")),
+                               atol=1e-12)
+    flat = x.copy()
+    flat[3] = 0.5  # a constant row: dissimilarity 1 to every other row
+    np.testing.assert_allclose(np.delete(behaviour_rdm(flat)[3], 3), 1.0)
     target = squareform(pdist(rng.normal(size=(10, 3))))
     i, j = np.triu_indices(10, k=1)
     assert rdm_spearman(x, target) == pytest.approx(

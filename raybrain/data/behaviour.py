@@ -77,10 +77,18 @@ def behaviour_rdm(values) -> np.ndarray:
     Returns
     -------
     np.ndarray of float64, shape (n_items, n_items)
+        A constant row correlates 0 with every row (dissimilarity 1), never NaN.
     """
-    from raybrain.align.diagnostics import rdm
-
-    return rdm(values, metric="correlation")
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 2 or not np.isfinite(x).all():
+        raise SpecError(f"embeddings must be finite with shape (n_items >= 2, n_dims >= 2), got "
+                        f"shape {x.shape}")
+    xc = x - x.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(xc, axis=1, keepdims=True)
+    z = xc / np.where(norm > 0, norm, 1.0)
+    d = np.clip(1.0 - z @ z.T, 0.0, 2.0)
+    np.fill_diagonal(d, 0.0)
+    return d
 
 
 def rdm_spearman(values, target_rdm) -> float:
