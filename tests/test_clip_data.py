@@ -13,6 +13,7 @@ from raybrain.data.behaviour import (
     odd_one_out_accuracy,
     rdm_spearman,
     rescale_spose,
+    restrict_triplets,
 )
 from raybrain.data.clip_synthetic import Teacher, procedural_images, synthetic_clip_data
 from raybrain.data.images import (
@@ -193,6 +194,13 @@ def test_behaviour_measures_against_direct_computations():
     assert rdm_spearman(x, target) == pytest.approx(
         spearmanr((1 - np.corrcoef(x))[i, j], target[i, j]).statistic)
     np.testing.assert_allclose(rescale_spose([[-1.0, 1.0, 3.0]], -1.0, 3.0), [[0, 50, 100]])
+    held = np.array([7, 2, 5, 9, 0])
+    sub, sub_odd = restrict_triplets(trip, odd, held)
+    inside = [k for k, tr in enumerate(trip) if set(tr) <= set(held)]
+    np.testing.assert_array_equal(held[sub], trip[inside])  # positions map back to items
+    np.testing.assert_array_equal(sub_odd, odd[inside])
+    assert odd_one_out_accuracy(x[held], sub, sub_odd) == pytest.approx(
+        np.mean([naive[k] for k in inside]))
     with pytest.raises(SpecError, match="lo < hi"):
         rescale_spose(x, 1.0, 1.0)
     with pytest.raises(SpecError, match="one position"):

@@ -5,6 +5,8 @@
   2.7415, over all 1,854 x 66 entries), so every split shares one scale.
 - :func:`odd_one_out_accuracy`: fraction of triplets whose odd one out an embedding predicts
   (the item outside the pair with the largest dot product, SPoSE's choice rule).
+- :func:`restrict_triplets`: the trials whose three items are all in a held-out set,
+  re-indexed to positions in that set.
 - :func:`behaviour_rdm` and :func:`rdm_spearman`: the RDM of predicted embeddings,
   ``1 - Pearson r`` between rows (diagonal 0, as the CLIP-HBA code's ``1 - np.corrcoef``),
   and its Spearman r with a target RDM over the upper triangles.
@@ -17,7 +19,8 @@ import numpy as np
 from raybrain.data.embeddings import spose_predict_odd_one_out
 from raybrain.errors import SpecError
 
-__all__ = ["behaviour_rdm", "odd_one_out_accuracy", "rdm_spearman", "rescale_spose"]
+__all__ = ["behaviour_rdm", "odd_one_out_accuracy", "rdm_spearman", "rescale_spose",
+           "restrict_triplets"]
 
 
 def rescale_spose(values, lo: float, hi: float, scale: float = 100.0) -> np.ndarray:
@@ -65,6 +68,38 @@ def odd_one_out_accuracy(values, triplets, odd) -> float:
     if len(t) == 0:
         raise SpecError("odd_one_out_accuracy needs at least one triplet")
     return float(np.mean(spose_predict_odd_one_out(np.asarray(values), t) == o))
+
+
+def restrict_triplets(triplets, odd, items) -> tuple[np.ndarray, np.ndarray]:
+    """Trials whose three items all belong to ``items``, indexed by position in ``items``.
+
+    Parameters
+    ----------
+    triplets : array_like of int, shape (n, 3)
+        Item indices (e.g. SPoSE rows or image indices).
+    odd : array_like of int, shape (n,)
+    items : array_like of int, shape (m,)
+        The held-out items, in the order of the predictions that will be scored.
+
+    Returns
+    -------
+    triplets : np.ndarray of int64, shape (k, 3)
+        Positions in ``items``.
+    odd : np.ndarray of int64, shape (k,)
+    """
+    t = np.asarray(triplets, dtype=np.int64)
+    o = np.asarray(odd, dtype=np.int64)
+    it = np.asarray(items, dtype=np.int64)
+    if t.ndim != 2 or t.shape[1] != 3 or o.shape != (len(t),):
+        raise SpecError(f"triplets must have shape (n, 3) and odd shape (n,), got {t.shape} and "
+                        f"{o.shape}")
+    if len(np.unique(it)) != len(it):
+        raise SpecError("items must not repeat an index")
+    pos = {int(v): k for k, v in enumerate(it)}
+    keep = np.isin(t, it).all(axis=1)
+    mapped = np.vectorize(pos.__getitem__, otypes=[np.int64])(t[keep]) if keep.any() else (
+        np.zeros((0, 3), np.int64))
+    return mapped.reshape(-1, 3), o[keep]
 
 
 def behaviour_rdm(values) -> np.ndarray:
