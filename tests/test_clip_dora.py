@@ -143,6 +143,19 @@ def test_peft_targets_are_exact_not_suffixes(base_clip):
     assert names == set(info.modules)
 
 
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_text_tower_rank_of_its_own(placement, base_clip):
+    """e.g. vision rank 6 under the behaviour model's rank-32 text adapters."""
+    clip, info = _adapted(base_clip, placement, rank=3, text_rank=5)
+    assert (info.rank, info.text_rank) == (3, 5)
+    for name, p in adapter_parameters(clip).items():
+        if "dora_A" in name or "lora_A" in name:
+            assert p.shape[0] == (3 if name.startswith("visual.") else 5), name
+    with pytest.raises(SpecError, match=r"rank must be <= the layer width \(64 .*"
+                                        r"transformer\.resblocks\.1"):
+        _adapted(base_clip, placement, rank=3, text_rank=65)
+
+
 # -- every placement ------------------------------------------------------------------------
 
 def _kind(name: str) -> str:

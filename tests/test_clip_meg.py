@@ -246,3 +246,28 @@ def test_meg_route_stage1_then_stage2_lowers_the_loss_on_informative_synthetic_d
     with torch.no_grad():
         final = float(loss(model.eval()(x).rdms, target).total)
     assert final < 0.9 * (1.0 + 0.1 + 0.15), (final, history)
+
+
+def test_behaviour_text_adapters_load_into_an_meg_model():
+    """The MEG route reuses the behaviour model's text adapters (rank 8) under vision rank 2."""
+    from raybrain.models.clip import build_behavior_model
+    from raybrain.models.dora import (
+        adapter_parameters,
+        adapter_state_dict,
+        load_adapter_state_dict,
+    )
+
+    torch.manual_seed(0)
+    behaviour, _ = build_behavior_model(TINY_MODEL, LABELS, rank=8, n_vision=2, n_text=1)
+    with torch.no_grad():
+        for p in adapter_parameters(behaviour).values():
+            p.add_(0.1 * torch.randn_like(p))
+    text_state = {k: v for k, v in adapter_state_dict(behaviour).items()
+                  if k.startswith("clip.transformer.")}
+    torch.manual_seed(0)
+    meg, info = build_meg_model(TINY_MODEL, LABELS, 3, rank=2, text_rank=8, n_text=1)
+    assert (info.rank, info.text_rank) == (2, 8)
+    loaded = load_adapter_state_dict(meg, text_state, strict=False)
+    assert sorted(loaded) == sorted(text_state)
+    with torch.no_grad():
+        torch.testing.assert_close(meg.text(), behaviour.text())

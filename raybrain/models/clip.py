@@ -286,7 +286,7 @@ def build_behavior_model(model_name: str, labels: Sequence[str], *,
                          pretrained: str | os.PathLike | None = None, quick_gelu: bool = False,
                          placement: str = "attn_out", n_vision: int = 2, n_text: int = 1,
                          rank: int = 32, alpha: float = 16.0, dropout: float = 0.1,
-                         target_dim: int | None = None) -> tuple[CLIPHBABehavior, AdapterInfo]:
+                         target_dim: int | None = None, text_rank: int | None = None) -> tuple[CLIPHBABehavior, AdapterInfo]:
     """Build the CLIP-HBA behaviour model (paper: ViT-L-14, r 32, last 2 vision + 1 text).
 
     Parameters are those of :func:`build_clip` and :func:`raybrain.models.dora.apply_dora`;
@@ -305,5 +305,5 @@ def build_behavior_model(model_name: str, labels: Sequence[str], *,
     tokens = tokenize_labels(model_name, labels)
     clip = build_clip(model_name, pretrained, quick_gelu=quick_gelu)
     info = apply_dora(clip, placement=placement, n_vision=n_vision, n_text=n_text, rank=rank,
-                      alpha=alpha, dropout=dropout)
+                      alpha=alpha, dropout=dropout, text_rank=text_rank)
     return CLIPHBABehavior(clip, tokens, target_dim), info

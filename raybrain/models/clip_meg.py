@@ -321,7 +321,8 @@ class CLIPHBAMEG(nn.Module):
 def build_meg_model(model_name: str, labels: Sequence[str], n_times: int, *,
                     pretrained: str | os.PathLike | None = None, quick_gelu: bool = False,
                     placement: str = "attn_out", n_vision: int | None = None, n_text: int = 0,
-                    rank: int = 32, alpha_dora: float = 16.0, dropout: float = 0.1,
+                    rank: int = 32, text_rank: int | None = None, alpha_dora: float = 16.0,
+                    dropout: float = 0.1,
                     alpha=None, beta=None, noise_level=None, half_width: int = 3,
                     time_index=None, target_dim: int | None = None
                     ) -> tuple[CLIPHBAMEG, AdapterInfo]:
@@ -331,6 +332,11 @@ def build_meg_model(model_name: str, labels: Sequence[str], n_times: int, *,
     ----------
     n_vision : int or None
         Adapted vision blocks (None: all).
+    text_rank : int or None
+        Rank of text-tower adapters (None: ``rank``), e.g. 32 to receive a behaviour
+        model's text adapters (load them with
+        :func:`raybrain.models.dora.load_adapter_state_dict`, ``strict=False``, keeping the
+        keys that start with ``"clip.transformer."``) under a vision rank of 6.
     alpha_dora : float
         DoRA scaling numerator (``alpha`` is the visual scaler curve here).
     Others
@@ -351,7 +357,7 @@ def build_meg_model(model_name: str, labels: Sequence[str], n_times: int, *,
     clip = build_clip(model_name, pretrained, quick_gelu=quick_gelu)
     nv = n_blocks(clip)[0] if n_vision is None else n_vision
     info = apply_dora(clip, placement=placement, n_vision=nv, n_text=n_text, rank=rank,
-                      alpha=alpha_dora, dropout=dropout)
+                      text_rank=text_rank, alpha=alpha_dora, dropout=dropout)
     model = CLIPHBAMEG(clip, tokens, n_times, alpha=alpha, beta=beta, noise_level=noise_level,
                        half_width=half_width, time_index=time_index, target_dim=target_dim)
     model.set_adapters_trainable(False)

@@ -180,14 +180,15 @@ class AdapterInfo:
         Names (in the open_clip model) of the adapted layers.
     n_parameters : int
         Number of trainable adapter parameters.
-    placement, rank, alpha, dropout, n_vision, n_text
-        The settings used.
+    placement, rank, text_rank, alpha, dropout, n_vision, n_text
+        The settings used (``text_rank``: the rank of the text-tower adapters).
     """
 
     modules: tuple[str, ...]
     n_parameters: int
     placement: str
     rank: int
+    text_rank: int
     alpha: float
     dropout: float
     n_vision: int
@@ -207,7 +208,7 @@ def _towers(model: nn.Module) -> dict[str, tuple[str, nn.Module]]:
 
 def apply_dora(model: nn.Module, *, placement: str = "attn_out", n_vision: int = 2,
                n_text: int = 1, rank: int = 32, alpha: float = 16.0,
-               dropout: float = 0.0) -> AdapterInfo:
+               dropout: float = 0.0, text_rank: int | None = None) -> AdapterInfo:
     """Put DoRA adapters on the last blocks of an open_clip CLIP and freeze the rest.
 
     Paper settings: behaviour ``rank=32, n_vision=2, n_text=1``; MEG (group)
@@ -225,6 +226,9 @@ def apply_dora(model: nn.Module, *, placement: str = "attn_out", n_vision: int =
         Number of last blocks adapted in the vision and text towers (0 for none).
     rank : int
         DoRA rank ``r``; at most the smallest width of an adapted layer.
+    text_rank : int or None
+        Rank of the text-tower adapters (None: ``rank``). CLIP-HBA's individual MEG models
+        use vision rank 6 with the behaviour model's rank-32 text adapters.
     alpha : float
         Scaling ``s = alpha / r`` (16 in the CLIP-HBA code).
     dropout : float
@@ -247,43 +251,49 @@ def apply_dora(model: nn.Module, *, placement: str = "attn_out", n_vision: int =
     if adapter_parameters(model):
         raise SpecError("this model already carries DoRA adapters; build a fresh model to "
                         "apply them again")
+    text_rank = rank if text_rank is None else text_rank
     towers = _towers(model)
-    chosen: list[tuple[str, nn.Module]] = []
-    for tower, n in (("vision", n_vision), ("text", n_text)):
+    chosen: list[tuple[str, nn.Module, int]] = []  # (name, block, rank)
+    for tower, n, r in (("vision", n_vision, rank), ("text", n_text, text_rank)):
         prefix, blocks = towers[tower]
         if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= len(blocks):
             raise SpecError(f"number of adapted {tower} blocks must be an integer in "
                             f"[0, {len(blocks)}], got {n!r}")
         first = len(blocks) - n
-        chosen += [(f"{prefix}.{i}", blocks[i]) for i in range(first, len(blocks))]
+        chosen += [(f"{prefix}.{i}", blocks[i], r) for i in range(first, len(blocks))]
     if not chosen:
         raise SpecError("DoRA needs at least one adapted block; got n_vision=0 and n_text=0")
 
     # check every rank before changing anything
-    for name, block in chosen:
+    for name, block, r in chosen:
         if placement in ("attn_out", "both"):
             w = block.attn.out_proj.weight
-            _check_rank(rank, w.shape[1], w.shape[0], f"attention output projection of {name}")
+            _check_rank(r, w.shape[1], w.shape[0], f"attention output projection of {name}")
         if placement in ("mlp", "both"):
             for lin in ("c_fc", "c_proj"):
                 w = getattr(block.mlp, lin).weight
-                _check_rank(rank, w.shape[1], w.shape[0], f"mlp.{lin} of {name}")
+                _check_rank(r, w.shape[1], w.shape[0], f"mlp.{lin} of {name}")
 
     adapted: list[str] = []
     if placement in ("mlp", "both"):
         from peft import LoraConfig, inject_adapter_in_model
 
-        targets = [f"{name}.mlp.{lin}" for name, _ in chosen for lin in ("c_fc", "c_proj")]
+        targets = [f"{name}.mlp.{lin}" for name, _, _ in chosen for lin in ("c_fc", "c_proj")]
         # a regex full match: peft's list form matches by suffix, and the text tower's
         # "transformer.resblocks.1.mlp.c_fc" is a suffix of the vision tower's name
         pattern = "|".join(re.escape(t) for t in targets)
-        config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, use_dora=True,
+        # text layers take r = text_rank; vision layers (names starting "visual.", which no
+        # text layer name can match) take rank through rank_pattern
+        vision = [re.escape(t) for t in targets if t.startswith("visual.")]
+        rank_pattern = {"|".join(vision): rank} if vision and rank != text_rank else {}
+        config = LoraConfig(r=text_rank if n_text else rank, lora_alpha=alpha,
+                            lora_dropout=dropout, use_dora=True, rank_pattern=rank_pattern,
                             target_modules=f"(?:{pattern})", bias="none")
         inject_adapter_in_model(config, model)
         adapted += targets
     if placement in ("attn_out", "both"):
-        for name, block in chosen:
-            block.attn.out_proj = DoRAProjection(block.attn.out_proj, rank, alpha, dropout)
+        for name, block, r in chosen:
+            block.attn.out_proj = DoRAProjection(block.attn.out_proj, r, alpha, dropout)
             adapted.append(f"{name}.attn.out_proj")
 
     params = adapter_parameters(model)
@@ -296,7 +306,8 @@ def apply_dora(model: nn.Module, *, placement: str = "attn_out", n_vision: int =
     if n_peft + n_own != len(adapted):  # pragma: no cover - guards a peft behaviour change
         raise RuntimeError(f"expected {len(adapted)} adapted layers, found {n_peft + n_own}")
     return AdapterInfo(tuple(sorted(adapted)), sum(p.numel() for p in params.values()),
-                       placement, rank, float(alpha), float(dropout), n_vision, n_text)
+                       placement, rank, text_rank, float(alpha), float(dropout), n_vision,
+                       n_text)
 
 
 def _is_peft_layer(module: nn.Module) -> bool:
