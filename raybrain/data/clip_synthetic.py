@@ -120,7 +120,7 @@ class Teacher:
     [global mean, global max, early], standardised -> linear 96 -> 64, ReLU, standardised
     -> linear 64 -> n_dims, ReLU (sparse, non-negative) -> scaled to a mean row sum of 10
     (as SPoSE).
-    The standardisation constants and the scale come from 256 calibration images drawn
+    The standardisation constants and the scale come from 128 calibration images drawn
     at construction, so each image's output depends on that image alone.
 
     Parameters
@@ -140,7 +140,7 @@ class Teacher:
         self.w2 = rng.normal(0, 1, (96, 64)) / np.sqrt(96)
         self.w3 = rng.normal(0, 1, (64, n_dims)) / np.sqrt(64)
         self.b3 = -0.5 * np.ones(n_dims)
-        calib = procedural_images(256, size, np.random.default_rng([seed, 8]))
+        calib = procedural_images(128, size, np.random.default_rng([seed, 8]))
         z, _ = self._conv(calib)
         self._z = (z.mean(0), z.std(0) + 1e-8)
         late = np.maximum(((z - self._z[0]) / self._z[1]) @ self.w2, 0.0)
