@@ -14,6 +14,18 @@ modules, which load MNE, CEBRA, h5py or nibabel only when used):
 - :mod:`raybrain.data.driving`, :mod:`raybrain.data.driving_scenes` - the B2M driving
   protocol's frame/EEG pairs, synthetic drives and procedural scenes.
 
+For CLIP-HBA:
+
+- :mod:`raybrain.data.images` - stimulus images from a folder + order file or an array
+  file, resized and normalised (THINGS or CLIP statistics);
+- :mod:`raybrain.data.things` - the THINGS behavioural targets (SPoSE, RDM48, triplets);
+- :mod:`raybrain.data.behaviour` - SPoSE target rescaling, odd-one-out accuracy, RDM
+  Spearman;
+- :mod:`raybrain.data.meg_targets` - time-resolved target checks, batches and the
+  alpha/beta/noise curves;
+- :mod:`raybrain.data.clip_synthetic` - procedural images with teacher targets
+  (informative or null, per participant).
+
 For the B2M memory task:
 
 - :mod:`raybrain.data.memory_task` - episode simulator, task rule and input encoding;
