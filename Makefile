@@ -10,7 +10,7 @@ STAMP := $(VENV)/.raybrain-installed
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# torch 2.14.1 + torchvision 0.29.1 are pinned together: see README "Install"
+	# torch 2.14.1 + torchvision 0.29.1 are pinned together (README, first section)
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
@@ -36,4 +36,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/prepare_once.py
 
 clean:
-	rm -rf raybrain_results mlflow.db raybrain_data raybrain_report
+	rm -rf raybrain_results mlflow.db mlruns mlartifacts raybrain_data raybrain_report

@@ -118,6 +118,10 @@ def load_dashboard(task: str, primary_metric: str, directory: str | Path | None 
                                 f"expected some of {sorted(_PANEL_KEYS[name])}")
             charts[name] = {**charts[name], **settings}
         else:
+            if "kind" in settings:
+                from raybrain.analysis.panel_kinds import check_panel
+
+                check_panel(path, name, settings)
             charts[name] = dict(settings)
     return charts
 
@@ -175,6 +179,8 @@ class RunInfo:
     run_id: str
     name: str
     record: dict[str, Any]
+    #: the run's metrics as MLflow holds them (summary metrics: ``final_*``, ``best_*``)
+    metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def arm(self) -> str:
@@ -200,7 +206,17 @@ class ReportData:
     param: str | None
     charts: dict[str, dict[str, Any]]
     history_fn: Callable[[str, str], list[tuple[int, float]]]
+    #: ``arrays_fn(run_id)`` -> {epoch: {name: array}} the task saved for a run (None: none)
+    arrays_fn: Callable[[str], dict[int, dict[str, Any]]] | None = None
     _cache: dict[tuple[str, str], list[tuple[int, float]]] = field(default_factory=dict)
+    _arrays: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
+
+    def arrays(self, run_id: str) -> dict[int, dict[str, Any]]:
+        if self.arrays_fn is None:
+            return {}
+        if run_id not in self._arrays:
+            self._arrays[run_id] = self.arrays_fn(run_id)
+        return self._arrays[run_id]
 
     def history(self, run_id: str, metric: str) -> list[tuple[int, float]]:
         key = (run_id, metric)
@@ -752,6 +768,13 @@ def draw_panels(data: ReportData) -> list[Panel]:
         chart = data.charts.get(name, {})
         if chart.get("show", True):
             panels.append(STANDARD[name](data, chart))
+    from raybrain.analysis import panel_kinds
+
+    for name, chart in data.charts.items():  # the dashboard's own panels (declared kinds)
+        if name not in STANDARD and "kind" in chart and chart.get("show", True) is not False:
+            panel = panel_kinds.draw(data, name, chart)
+            if panel is not None:
+                panels.append(panel)
     for name, fn in extra_panels(data.task):
         chart = data.charts.get(name, {})
         if chart.get("show", True) is False:

@@ -169,16 +169,21 @@ def build_report(sweep: str, tracking_uri: str = DEFAULT_URI, experiment: str = 
         recs = runs_to_records([run], task.primary_metric, table.stage,
                                tuple(task.align_metrics))
         if recs:
-            runs.append(RunInfo(run.info.run_id, run.info.run_name or "", recs[0]))
+            runs.append(RunInfo(run.info.run_id, run.info.run_name or "", recs[0],
+                                dict(run.data.metrics)))
 
     def history(run_id: str, metric: str) -> list[tuple[int, float]]:
         return [(m.step, m.value) for m in client.get_metric_history(run_id, metric)]
+
+    def arrays(run_id: str) -> dict[int, dict[str, Any]]:
+        return run_arrays(client, run_id)
 
     charts = load_dashboard(spec.task, task.primary_metric, dashboards_dir,
                             align_metrics=list(task.align_metrics))
     data = ReportData(sweep=name, task=spec.task, spec=spec, table=table, runs=runs,
                       primary_metric=task.primary_metric, primary_mode=task.primary_mode,
-                      param=spec.primary, charts=charts, history_fn=history)
+                      param=spec.primary, charts=charts, history_fn=history,
+                      arrays_fn=arrays)
     out = Path(out_dir) if out_dir is not None else Path("raybrain_report") / name
     out.mkdir(parents=True, exist_ok=True)
     for old in [*out.glob("fig[0-9]*_*.png"), *out.glob("fig[0-9]*_*.svg")]:
@@ -577,3 +582,29 @@ def run_report_command(args) -> int:
     if not args.no_log:
         print(f"logged to the sweep's parent run under report/ (experiment {args.experiment!r})")
     return 0
+
+
+def run_arrays(client, run_id: str) -> dict[int, dict[str, Any]]:
+    """The arrays a task saved for a run: artifacts ``arrays/epoch_<e>/<name>.npy``."""
+    import re
+    import tempfile
+
+    import numpy as np
+
+    out: dict[int, dict[str, Any]] = {}
+    try:
+        folders = client.list_artifacts(run_id, "arrays")
+    except Exception:
+        return out
+    with tempfile.TemporaryDirectory() as tmp:
+        for folder in folders:
+            m = re.fullmatch(r"arrays/epoch_(\d+)", folder.path)
+            if not (folder.is_dir and m):
+                continue
+            epoch = int(m.group(1))
+            for f in client.list_artifacts(run_id, folder.path):
+                if f.path.endswith(".npy"):
+                    local = client.download_artifacts(run_id, f.path, tmp)
+                    out.setdefault(epoch, {})[f.path.rsplit("/", 1)[-1][:-4]] = np.load(
+                        local, allow_pickle=False)
+    return out

@@ -35,17 +35,23 @@ class RunProgress:
     """
 
     def __init__(self, spec: RunSpec, run, primary: str,
-                 divergence: tuple[str, float] | None = None, mode: str = "max"):
+                 divergence: tuple[str, float] | None = None, mode: str = "max",
+                 artifact_every: int = 0, sink=None):
         self.spec, self.run, self.primary, self.divergence = spec, run, primary, divergence
         self.mode = mode
         self.history: dict[str, list[float]] = {}
         self.diverged = False
         #: why the run failed (``"ExcType: message"``), or None
         self.failed: str | None = None
+        #: ``sink(spec, epoch, arrays) -> [paths]`` stores the run's arrays (None: dropped)
+        self.artifact_every, self.sink = artifact_every, sink
+        #: epoch -> stored array paths (kept in the state, so a replay sends them again)
+        self.artifact_paths: dict[int, list[str]] = {}
 
     @property
     def done(self) -> bool:
-        return self.failed is not None or self.diverged or self.run.epoch >= self.run.epochs
+        return (self.failed is not None or self.diverged or getattr(self.run, "stopped", False)
+                or self.run.epoch >= self.run.epochs)
 
     def step(self, shard: tuple[int, int] = (0, 1)) -> dict[str, float]:
         """Train and evaluate one epoch; returns that epoch's metrics (with ``epoch``)."""
@@ -57,6 +63,7 @@ class RunProgress:
                                                       validation_metric(self.primary))})
         else:
             metrics.update(self.run.evaluate())
+            self._store_artifacts()
         for k, v in metrics.items():
             self.history.setdefault(k, []).append(float(v))
         trajectory = self.history.get(self.primary, [])
@@ -64,6 +71,16 @@ class RunProgress:
         self.history.setdefault(f"{self.primary}_auc", []).append(metrics[f"{self.primary}_auc"])
         metrics["epoch"] = self.run.epoch
         return metrics
+
+    def _store_artifacts(self) -> None:
+        e, every = self.run.epoch, self.artifact_every
+        if not every or self.sink is None:
+            return
+        if e % every and e < self.run.epochs and not getattr(self.run, "stopped", False):
+            return
+        arrays = self.run.artifacts()
+        if arrays:
+            self.artifact_paths[e] = list(self.sink(self.spec, e, arrays))
 
     def has_diverged(self) -> bool:
         """The one divergence rule (:func:`raybrain.analysis.divergence.diverged`)."""
@@ -87,6 +104,8 @@ class RunProgress:
         """One epoch of this run as the record a trial reports (and the tracker logs)."""
         rec = {"key": self.spec.key, "run": self.spec.to_dict(), "epoch": int(metrics["epoch"]),
                "metrics": metrics, "done": self.done}
+        if int(metrics["epoch"]) in self.artifact_paths:
+            rec["artifacts"] = self.artifact_paths[int(metrics["epoch"])]
         if self.done:
             rec["summary"] = self.summary()
         if self.failed is not None:
@@ -112,6 +131,8 @@ class RunProgress:
             metrics["epoch"] = e
             rec = {"key": self.spec.key, "run": self.spec.to_dict(), "epoch": e,
                    "metrics": metrics, "done": False}
+            if e in self.artifact_paths:
+                rec["artifacts"] = self.artifact_paths[e]
             out.append(rec)
         if out and self.done:
             out[-1] = {**out[-1], "done": True, "summary": self.summary()}
@@ -123,13 +144,16 @@ class RunProgress:
 
     def state(self) -> dict[str, Any]:
         return {"run": self.run.state_dict(), "history": self.history, "diverged": self.diverged,
-                "failed": self.failed}
+                "failed": self.failed, "stopped": getattr(self.run, "stopped", False),
+                "artifact_paths": self.artifact_paths}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.run.load_state_dict(state["run"])
         self.history = state["history"]
         self.diverged = state["diverged"]
         self.failed = state.get("failed")
+        self.run.stopped = bool(state.get("stopped", False))
+        self.artifact_paths = {int(k): v for k, v in state.get("artifact_paths", {}).items()}
 
 
 class ConfigExecutor:
@@ -145,10 +169,11 @@ class ConfigExecutor:
     device : str
     """
 
-    def __init__(self, task, data, runs: list[RunSpec], primary: str, device: str = "cpu"):
+    def __init__(self, task, data, runs: list[RunSpec], primary: str, device: str = "cpu",
+                 sink=None):
         self.progress = [
             RunProgress(r, task.build(data, r.params, r.brain_source, r.seed, device), primary,
-                        divergence_rule(task), task.primary_mode)
+                        divergence_rule(task), task.primary_mode, task.artifact_every, sink)
             for r in runs
         ]
 

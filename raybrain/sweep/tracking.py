@@ -244,6 +244,10 @@ class Tracker:
                 tags.append(RunTag("raybrain.failure_reason", str(record["failed"])[:5000]))
         try:
             self.client.log_batch(run_id, metrics=metrics, tags=tags)
+            if epoch > last and record.get("artifacts"):
+                from raybrain.sweep.arrays import log_arrays
+
+                log_arrays(self.client, run_id, epoch, record["artifacts"])
         except Exception:
             self._verify.add(key)  # it may have been written in part: check before retrying
             raise

@@ -45,8 +45,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     run = task.build(data, spec.params, spec.brain_source, spec.seed, device=str(device))
     if world > 1:
         run.wrap_model(ray.train.torch.prepare_model)
+    from raybrain.sweep.arrays import storage_sink
+
+    sink = storage_sink(config["storage"], spec.sweep) if rank == 0 else None
     progress = RunProgress(spec, run, config["primary_metric"], divergence_rule(task),
-                           task.primary_mode)
+                           task.primary_mode, task.artifact_every, sink)
     node_id = ray.get_runtime_context().get_node_id()
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -99,7 +102,8 @@ def run_with_train(ctx: dict[str, Any], runs: list[RunSpec],
                 train_loop_per_worker,
                 train_loop_config={"run": spec.to_dict(), "data": ctx["data"],
                                    "primary_metric": ctx["primary_metric"],
-                                   "cpus_per_run": ctx["cpus_per_run"]},
+                                   "cpus_per_run": ctx["cpus_per_run"],
+                                   "storage": ctx["storage"]},
                 scaling_config=ray.train.ScalingConfig(
                     num_workers=ctx["num_workers"], use_gpu=ctx["use_gpu"],
                     resources_per_worker=worker_resources(ctx)),

@@ -74,7 +74,10 @@ def config_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
 
     task = tasks.get(ctx["task"])
     data = task.load_data(task.parse_data(ctx["data"]), ctx["data_seed"])
-    executor = ConfigExecutor(task, data, runs, ctx["primary_metric"])
+    from raybrain.sweep.arrays import storage_sink
+
+    executor = ConfigExecutor(task, data, runs, ctx["primary_metric"],
+                              sink=storage_sink(ctx["storage"], ctx["sweep"]))
     node_id = ray.get_runtime_context().get_node_id()
     latest: dict[str, dict[str, float]] = {}
     done: set[str] = set()

@@ -103,6 +103,9 @@ class TaskRun(ABC):
 
     epochs: int
     epoch: int = 0
+    #: set by a run that stops before ``epochs`` (e.g. early stopping on its validation
+    #: metric); the sweep then closes it as finished after the current epoch
+    stopped: bool = False
 
     @abstractmethod
     def train_epoch(self, shard: tuple[int, int] = (0, 1)) -> dict[str, float]:
@@ -126,6 +129,16 @@ class TaskRun(ABC):
     def wrap_model(self, wrap) -> None:
         """Replace the trained module by ``wrap(module)`` (data-parallel training)."""
         self.model = wrap(self.model)
+
+    def artifacts(self) -> dict[str, Any]:
+        """Arrays worth keeping at this epoch (e.g. the model's RDM), by name.
+
+        Called after :meth:`evaluate` every :attr:`Task.artifact_every` epochs and at the
+        last one; the sweep stores them as ``arrays/epoch_<e>/<name>.npy`` artifacts of the
+        run's MLflow child run. Never raw brain data (tracking holds no neural data by
+        default). Default: none.
+        """
+        return {}
 
 
 class TorchRun(TaskRun):
@@ -264,6 +277,9 @@ class Task(ABC):
     data_paths: ClassVar[tuple[str, ...]] = ()
     #: the param holding the number of epochs (what the early-stopping scheduler counts)
     epochs_param: ClassVar[str] = "epochs"
+    #: save the runs' :meth:`TaskRun.artifacts` every this many epochs and at the last one
+    #: (0: never)
+    artifact_every: ClassVar[int] = 0
     #: a configuration that trains in seconds: ``{"data": {...}, "params": {...}}``; the
     #: contract tests run every registered task on it
     smoke: ClassVar[dict[str, Any]] = {}
