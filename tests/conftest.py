@@ -10,7 +10,9 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# the shared real data sit beside the project's root; RAYBRAIN_SHARED_DATA points elsewhere
+# (e.g. from a git worktree, whose parent folder holds no shared/)
+SHARED_DATA = Path(os.environ.get("RAYBRAIN_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 TINY = {
     "name": "tiny",

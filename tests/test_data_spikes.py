@@ -89,8 +89,18 @@ def test_round_trip_and_bad_files(tmp_path):
         assert f"{name}.npz" in str(err.value)
     pickled = tmp_path / "obj.npz"
     np.savez(pickled, spike_times=np.array([np.zeros(2)], dtype=object), unit_index=[0], n_units=1)
-    with pytest.raises(SpecError, match="no pickled objects"):
+    with pytest.raises(SpecError, match=r"obj\.npz' holds pickled objects .*convert a trusted "
+                                        r"file once with `raybrain data convert-spikes SRC DST`"):
         load_spikes(pickled)
+    # a cut file is not a format to convert: it is truncated, and the error says so
+    good = save_spikes(tmp_path / "good.npz", rec)
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(SpecError, match=r"cut\.npz' is truncated or unreadable") as err:
+        load_spikes(cut)
+    assert "convert" not in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(SpecError, match=r"spike file '.*' is a directory"):
+        load_spikes(tmp_path)
 
 
 def test_cebra_multi_session_synthetic(tmp_path):
