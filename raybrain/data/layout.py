@@ -3,21 +3,20 @@
 An ``.npz`` is a zip of ``.npy`` members; its member names are read from the archive's
 directory without reading any array. Layouts, checked in this order:
 
-==========  ===========================================================  ==================
-layout      keys (others may be present)                                 read by
-==========  ===========================================================  ==================
-spikes      ``spike_times``, ``unit_index``, ``n_units``                 :func:`raybrain.data.spikes.load_spikes`
-memory      ``embeddings``, ``episode_lengths``, ``stimuli``,            :func:`raybrain.data.npz.load_memory_npz`
-            ``first_target``
-nelpy       ``spike_times_s``, ``pos_time_s``, ``pos_x_px`` (pickled     :func:`raybrain.data.spikes.convert_nelpy_npz`
-            per-unit arrays: convert once)
-embedding   ``session_0``, ``session_1``, ... and ``loss``               :func:`raybrain.data.spikes.load_embedding`
-array       exactly one array (e.g. an RDM stack)                        :func:`raybrain.data.rdm.load_rdm`
-unknown     anything else (an RDM among several arrays: name its key)
-==========  ===========================================================  ==================
+- ``spikes``: ``spike_times``, ``unit_index``, ``n_units``
+  (:func:`raybrain.data.spikes.load_spikes`);
+- ``memory``: ``embeddings``, ``episode_lengths``, ``stimuli``, ``first_target``
+  (:func:`raybrain.data.npz.load_memory_npz`);
+- ``nelpy``: ``spike_times_s``, ``pos_time_s``, ``pos_x_px``, per-unit arrays stored
+  pickled (convert once: :func:`raybrain.data.spikes.convert_nelpy_npz`);
+- ``embedding``: ``session_0``, ``session_1``, ... and ``loss``
+  (:func:`raybrain.data.spikes.load_embedding`);
+- ``array``: exactly one array, e.g. an RDM stack (:func:`raybrain.data.rdm.load_rdm`);
+- ``unknown``: anything else (an RDM among several arrays: name its key).
 
-A spike file of the memory task holds the spike keys and the episode sequences, so it is
-a ``spikes`` file (its embeddings are computed, not stored).
+Other keys may be present in every layout. A spike file of the memory task holds the spike
+keys and the episode sequences, so it is a ``spikes`` file (its embeddings are computed, not
+stored).
 """
 
 from __future__ import annotations

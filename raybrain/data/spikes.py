@@ -175,7 +175,8 @@ def _from_arrays(arrays: dict[str, np.ndarray], where: str) -> SpikeRecording:
     if t.size == 0:
         raise SpecError(f"{where} holds no spikes")
     if not np.isfinite(t).all():
-        raise SpecError(f"{where}: spike_times hold NaN/inf (first at {int(np.argmax(~np.isfinite(t)))})")
+        first = int(np.argmax(~np.isfinite(t)))
+        raise SpecError(f"{where}: spike_times hold NaN/inf (first at {first})")
     if (t < 0).any():
         raise SpecError(f"{where}: spike_times must be >= 0 s, got {t.min():.6g}")
     if u.dtype.kind not in "iu" or u.min() < 0 or u.max() >= n:

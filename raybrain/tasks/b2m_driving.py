@@ -234,6 +234,7 @@ class B2MDriving(Task):
     divergence_threshold = 1.0
 
     def check_data(self, data: DrivingData, params: dict[str, Any]) -> None:
+        from raybrain.data.driving import frames_header
         from raybrain.data.eeg import EEG_SUFFIXES, _suffix
 
         latents = params.get("latent_dim", [self.params["latent_dim"].default])
@@ -244,6 +245,7 @@ class B2MDriving(Task):
             if _suffix(Path(s.eeg)) not in EEG_SUFFIXES:
                 raise SpecError(f"data.sessions eeg file '{s.eeg}' has an unsupported suffix; "
                                 f"expected one of {sorted(EEG_SUFFIXES)}")
+            frames_header(Path(s.frames).expanduser())  # shape and dtype from the header only
         if data.source == "synthetic" and data.projection == "none":
             bad = [d for d in latents if int(d) != 64]
             if bad:
