@@ -14,6 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 # (e.g. from a git worktree, whose parent folder holds no shared/)
 SHARED_DATA = Path(os.environ.get("RAYBRAIN_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
+#: How long a test waits for a condition (a process answering, a sweep reaching a state, a
+#: subprocess finishing) before it fails. Generous: a loaded 2-core CI machine runs several
+#: times slower than an idle one, and a test stops waiting as soon as its condition holds,
+#: so a passing test never pays for it. RAYBRAIN_TEST_WAIT_S overrides it.
+WAIT_S = float(os.environ.get("RAYBRAIN_TEST_WAIT_S", 600))
+
 TINY = {
     "name": "tiny",
     "task": "b2m-memory",

@@ -14,7 +14,7 @@ import pytest
 from raybrain.data.rdm import is_memory_mapped, load_rdm, validate_rdm
 from raybrain.data.rdm_compute import correlation_rdm, decoding_rdm
 from raybrain.errors import SpecError
-from tests.conftest import ROOT, SHARED_DATA
+from tests.conftest import ROOT, SHARED_DATA, WAIT_S
 
 pytestmark = pytest.mark.unit
 
@@ -253,7 +253,7 @@ def _peak(path, max_bytes):
     finally:
         os.close(fd)
     out = subprocess.run([sys.executable, "-c", _PEAK, str(path), str(max_bytes)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+                         capture_output=True, text=True, cwd=ROOT, timeout=WAIT_S)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 

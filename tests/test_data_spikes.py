@@ -14,7 +14,7 @@ from raybrain.data.spikes import (EXP_KERNEL, SpikeRecording, align_steps, aux_a
                                   causal_exp_filter, cebra_embed, convert_nelpy_npz,
                                   load_embedding, load_spikes, save_embedding, save_spikes)
 from raybrain.errors import SpecError
-from tests.conftest import ROOT, SHARED_DATA
+from tests.conftest import ROOT, SHARED_DATA, WAIT_S
 
 pytestmark = pytest.mark.unit
 
@@ -188,7 +188,7 @@ def test_cli_converts_the_pickled_example_once_and_inspects_it(tmp_path):
 
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "raybrain.cli", "data", *args],
-                              capture_output=True, text=True, cwd=ROOT, timeout=120)
+                              capture_output=True, text=True, cwd=ROOT, timeout=WAIT_S)
 
     raw = cli("inspect", str(RAT), "--as", "spikes")
     assert raw.returncode == 2 and "raybrain data convert-spikes SRC DST" in raw.stderr
