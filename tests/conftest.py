@@ -9,8 +9,22 @@ from pathlib import Path
 import pytest
 import yaml
 
+# One intra-op thread for torch (OpenMP) in tests and the processes they start, unless the
+# environment says otherwise: on a loaded 2-core machine two spinning OpenMP threads per
+# process thrash (CEBRA, 20 iterations at load ~9: 69 s with 2 threads, 19 s with 1; the real
+# rat fit took 1020 s against 24 s idle). Set before anything imports torch.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# the shared real data sit beside the project's root; RAYBRAIN_SHARED_DATA points elsewhere
+# (e.g. from a git worktree, whose parent folder holds no shared/)
+SHARED_DATA = Path(os.environ.get("RAYBRAIN_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+#: How long a test waits for a condition (a process answering, a sweep reaching a state, a
+#: subprocess finishing) before it fails. Generous: a loaded 2-core CI machine runs several
+#: times slower than an idle one, and a test stops waiting as soon as its condition holds,
+#: so a passing test never pays for it. RAYBRAIN_TEST_WAIT_S overrides it.
+WAIT_S = float(os.environ.get("RAYBRAIN_TEST_WAIT_S", 600))
 
 TINY = {
     "name": "tiny",

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from raybrain.ui import free_port
+from tests.conftest import WAIT_S
 from tests.conftest import sweep_runs as _runs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -66,7 +67,7 @@ def test_gpu_runs_queue_as_demand_on_a_cluster_scaled_to_zero_gpus(cluster, tmp_
                             cwd=tmp_path, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     demand = []
     try:
-        deadline = time.time() + 90
+        deadline = time.time() + WAIT_S
         while time.time() < deadline and proc.poll() is None and not demand:
             time.sleep(1.0)
             pending = get_cluster_status(cluster.address).resource_demands.placement_group_demand
@@ -75,7 +76,7 @@ def test_gpu_runs_queue_as_demand_on_a_cluster_scaled_to_zero_gpus(cluster, tmp_
         assert proc.poll() is None, log.read_text()[-3000:]
     finally:
         proc.kill()
-        proc.wait(timeout=60)
+        proc.wait(timeout=WAIT_S)
     assert demand == [{"GPU": 1.0, "CPU": 1.0}], log.read_text()[-3000:]
     text = log.read_text()
     assert "use_gpu=True" in text and "pending demand" in text
@@ -97,7 +98,7 @@ def test_sweep_spreads_over_nodes_and_survives_a_lost_node(cluster, tmp_path, wr
     seen_on_lost: dict[str, int] = {}
     replacement = None
     try:
-        deadline = time.time() + 240
+        deadline = time.time() + WAIT_S
         while proc.poll() is None and time.time() < deadline:
             time.sleep(0.3)
             try:
@@ -114,7 +115,7 @@ def test_sweep_spreads_over_nodes_and_survives_a_lost_node(cluster, tmp_path, wr
                 break
         assert seen_on_lost, "no config trained on the second node: " + (
             tmp_path / "driver.log").read_text()[-3000:]
-        assert proc.wait(timeout=240) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+        assert proc.wait(timeout=WAIT_S) == 0, (tmp_path / "driver.log").read_text()[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -150,13 +151,13 @@ def test_ray_client_address_runs_the_driver_on_the_head(cluster, tmp_path, write
     path = write_spec(d)
     address = f"ray://127.0.0.1:{cluster.client_port}"
     bad = subprocess.run(_sweep_cmd(path, address, "sqlite:///mlflow.db"), cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=WAIT_S)
     assert bad.returncode == 2
     errors = [ln for ln in bad.stderr.splitlines() if not ln.startswith("warning:")]
     assert len(errors) == 1 and "MLflow server" in errors[0] and "Traceback" not in bad.stderr
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     out = subprocess.run(_sweep_cmd(path, address, uri), cwd=tmp_path, capture_output=True,
-                         text=True, timeout=300,
+                         text=True, timeout=WAIT_S,
                          env={**os.environ, "RAYBRAIN_PSEUDONYM_KEY_FILE": str(tmp_path / "k")})
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     assert "runs on the cluster's head node" in out.stdout
@@ -187,7 +188,7 @@ def test_torch_trainer_run_resumes_on_a_new_node_from_its_checkpoint(cluster, tm
                             stdout=open(log, "w"), stderr=subprocess.STDOUT)
     lost = at_loss = None
     try:
-        deadline = time.time() + 240
+        deadline = time.time() + WAIT_S
         while proc.poll() is None and time.time() < deadline and lost is None:
             time.sleep(0.3)
             try:
@@ -201,7 +202,7 @@ def test_torch_trainer_run_resumes_on_a_new_node_from_its_checkpoint(cluster, tm
                 cluster.remove_node(nodes[lost], allow_graceful=False)
                 cluster.add_node(num_cpus=1)  # as an autoscaler would
         assert lost is not None, log.read_text()[-3000:]
-        assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+        assert proc.wait(timeout=WAIT_S) == 0, log.read_text()[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()

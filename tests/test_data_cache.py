@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from raybrain.data.cache import cache_key, cached_arrays, file_fingerprint
+from raybrain.data.cache import cache_key, cached_arrays, file_fingerprint, file_lock
 from raybrain.errors import SpecError
 
 pytestmark = pytest.mark.unit
@@ -108,6 +108,7 @@ def test_fingerprint_samples_a_large_file(tmp_path):
 
 
 def test_a_failing_build_leaves_nothing(tmp_path):
+    """No entry, no lock file, no temporary file: the cache folder is as it was."""
     src = _input(tmp_path)
 
     def build():
@@ -115,8 +116,65 @@ def test_a_failing_build_leaves_nothing(tmp_path):
 
     with pytest.raises(SpecError, match="bad file"):
         cached_arrays("demo", {}, [src], build, tmp_path / "cache")
-    left = [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")]
-    assert left == []
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == []
+
+
+def test_a_failing_write_leaves_nothing(tmp_path, monkeypatch):
+    """The build succeeds but the entry cannot be written (the disk is full): the partial
+    temporary files and the lock are removed too."""
+    src = _input(tmp_path)
+
+    def full_disk(fh, **arrays):
+        fh.write(b"PK\x03\x04 partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        cached_arrays("demo", {}, [src], lambda: ({"x": np.ones(3)}, {}), tmp_path / "cache")
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == []
+
+
+def test_orphans_of_a_killed_preparer_are_removed(tmp_path):
+    src = _input(tmp_path)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    key = cache_key("demo", {}, [src])
+    orphan = cache / f".{key}.npz.abc123.tmp"  # what a preparer killed mid-write leaves
+    orphan.write_bytes(b"half")
+    other = cache / ".0123456789abcdef01234567.npz.x.tmp"  # another key's, maybe live: kept
+    other.write_bytes(b"")
+    entry = cached_arrays("demo", {}, [src], lambda: ({"x": np.ones(2)}, {}), cache)
+    assert entry.computed and not orphan.exists() and other.exists()
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        [other.name, f"{key}.json", f"{key}.npz"])
+
+
+def test_file_lock_excludes_across_removal(tmp_path):
+    """The lock file is removed by each holder; holders still never overlap. flock locks
+    belong to open file descriptions, so threads opening the file each contend."""
+    import threading
+
+    lock = tmp_path / "x.lock"
+    inside, overlaps, entries = [0], [], []
+
+    def worker():
+        for _ in range(40):
+            with file_lock(lock):
+                inside[0] += 1
+                if inside[0] != 1:
+                    overlaps.append(inside[0])
+                entries.append(1)
+                time.sleep(0.0005)
+                inside[0] -= 1
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)  # a condition (the work is done), with a generous bound
+    assert not any(t.is_alive() for t in threads)
+    assert overlaps == [] and len(entries) == 160
+    assert not lock.exists()
 
 
 def _worker(args):
@@ -133,27 +191,36 @@ def _worker(args):
 
 
 def _reader(args):
-    cache_dir, stop_at = args
+    """Look at the cache until the workers are done (the test creates ``stop``), then once
+    more: a visible entry must always be complete. Not a wall-clock window: the generous
+    ``deadline`` only stops a reader whose test died."""
+    cache_dir, stop, deadline = args
     seen = 0
-    while time.time() < stop_at:
+    while time.time() < deadline:
+        done = os.path.exists(stop)  # read before looking, so the last look follows it
         for p in Path(cache_dir).glob("*.npz"):
             with np.load(p) as npz:  # a visible entry is always complete
                 assert npz["x"].shape == (500, 500)
             seen += 1
+        if done:
+            break
     return seen
 
 
 def test_concurrent_preparers_build_once_and_readers_never_see_half(tmp_path):
     src = _input(tmp_path)
     cache_dir, counter = tmp_path / "cache", tmp_path / "count.txt"
+    stop = tmp_path / "workers-done"
     cache_dir.mkdir()
     ctx = mp.get_context("spawn")
     with ctx.Pool(5) as pool:
-        reader = pool.apply_async(_reader, ((str(cache_dir), time.time() + 6),))
-        results = pool.map(_worker, [(str(cache_dir), str(src), str(counter))] * 4)
-        seen = reader.get(timeout=60)
+        reader = pool.apply_async(_reader, ((str(cache_dir), str(stop), time.time() + 600),))
+        results = pool.map_async(_worker, [(str(cache_dir), str(src), str(counter))] * 4)
+        results = results.get(timeout=600)
+        stop.touch()
+        seen = reader.get(timeout=600)
     assert counter.read_text().count("built") == 1
     assert sorted(c for _, c in results) == [False, False, False, True]
     assert all(total == 3.0 * 500 * 500 for total, _ in results)
     assert seen > 0
-    assert not list(cache_dir.glob("*.tmp"))
+    assert sorted(p.suffix for p in cache_dir.iterdir()) == [".json", ".npz"]  # no lock, no tmp

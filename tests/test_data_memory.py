@@ -566,7 +566,7 @@ def test_npz_bad_types_and_files(saved, tmp_path):
         _write(tmp_path / "s.npz", **arrays), cfg)
     text = tmp_path / "t.npz"
     text.write_text("not an archive\n")
-    assert "could not be read by numpy.load" in _load_error(text, cfg)
+    assert "is truncated or unreadable by numpy.load" in _load_error(text, cfg)
     single = tmp_path / "a.npy"
     np.save(single, np.zeros(3))
     assert "holds a single array, not an .npz archive" in _load_error(single, cfg)

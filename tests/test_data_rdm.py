@@ -14,7 +14,7 @@ import pytest
 from raybrain.data.rdm import is_memory_mapped, load_rdm, validate_rdm
 from raybrain.data.rdm_compute import correlation_rdm, decoding_rdm
 from raybrain.errors import SpecError
-from tests.conftest import ROOT, SHARED_DATA
+from tests.conftest import ROOT, SHARED_DATA, WAIT_S
 
 pytestmark = pytest.mark.unit
 
@@ -90,13 +90,16 @@ def test_real_things_rdm48():
 
 
 @pytest.mark.parametrize("mutate, needle", [
-    (lambda a: a[..., :5], r"square in their last two axes, got shape \(6, 5\)"),
+    (lambda a: a[..., :5], r"square in their last two axes \(or condensed: a last axis of "
+                           r"length n\(n-1\)/2\), got shape \(6, 5\)"),
     (lambda a: a + np.triu(np.ones_like(a), 1),
      r"symmetric, but matrix 0 has \[(\d), (\d)\] = [\d.]+ and \[\2, \1\] = [\d.]+"),
     (lambda a: a + np.eye(6, dtype=a.dtype), r"zero diagonal, but matrix 0 has \[0, 0\] = 1"),
     (lambda a: np.where(np.eye(6) == 0, np.inf, a).astype(a.dtype),
      r"infinite value at matrix 0, entry \(0, 1\)"),
-    (lambda a: a[0], r"at least 2 dimensions"),
+    # a row of 5 is no condensed RDM (5 is not n(n-1)/2); a row of 6 would be one (n = 4)
+    (lambda a: a[0, :5], r"at least 2 dimensions \(n, n\), or a condensed vector of length "
+                         r"n\(n-1\)/2"),
     (lambda a: a[:1, :1], r"at least 2 conditions"),
 ])
 def test_invalid_rdms_are_one_line_errors(tmp_path, mutate, needle):
@@ -250,7 +253,7 @@ def _peak(path, max_bytes):
     finally:
         os.close(fd)
     out = subprocess.run([sys.executable, "-c", _PEAK, str(path), str(max_bytes)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+                         capture_output=True, text=True, cwd=ROOT, timeout=WAIT_S)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 

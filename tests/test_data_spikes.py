@@ -14,7 +14,7 @@ from raybrain.data.spikes import (EXP_KERNEL, SpikeRecording, align_steps, aux_a
                                   causal_exp_filter, cebra_embed, convert_nelpy_npz,
                                   load_embedding, load_spikes, save_embedding, save_spikes)
 from raybrain.errors import SpecError
-from tests.conftest import ROOT, SHARED_DATA
+from tests.conftest import ROOT, SHARED_DATA, WAIT_S
 
 pytestmark = pytest.mark.unit
 
@@ -89,8 +89,18 @@ def test_round_trip_and_bad_files(tmp_path):
         assert f"{name}.npz" in str(err.value)
     pickled = tmp_path / "obj.npz"
     np.savez(pickled, spike_times=np.array([np.zeros(2)], dtype=object), unit_index=[0], n_units=1)
-    with pytest.raises(SpecError, match="no pickled objects"):
+    with pytest.raises(SpecError, match=r"obj\.npz' holds pickled objects .*convert a trusted "
+                                        r"file once with `raybrain data convert-spikes SRC DST`"):
         load_spikes(pickled)
+    # a cut file is not a format to convert: it is truncated, and the error says so
+    good = save_spikes(tmp_path / "good.npz", rec)
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(SpecError, match=r"cut\.npz' is truncated or unreadable") as err:
+        load_spikes(cut)
+    assert "convert" not in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(SpecError, match=r"spike file '.*' is a directory"):
+        load_spikes(tmp_path)
 
 
 def test_cebra_multi_session_synthetic(tmp_path):
@@ -178,7 +188,7 @@ def test_cli_converts_the_pickled_example_once_and_inspects_it(tmp_path):
 
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "raybrain.cli", "data", *args],
-                              capture_output=True, text=True, cwd=ROOT, timeout=120)
+                              capture_output=True, text=True, cwd=ROOT, timeout=WAIT_S)
 
     raw = cli("inspect", str(RAT), "--as", "spikes")
     assert raw.returncode == 2 and "raybrain data convert-spikes SRC DST" in raw.stderr

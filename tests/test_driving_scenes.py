@@ -178,12 +178,14 @@ def test_scene_factors_matrix():
 
 
 def test_render_speed():
-    t0 = time.perf_counter()
+    """The cost bound is on this process's CPU time, which other processes competing for the
+    cores do not inflate (wall-clock time on a loaded 2-core machine would)."""
+    t0, c0 = time.perf_counter(), time.process_time()
     s = render_scenes(256, _rng(8))
-    elapsed = time.perf_counter() - t0
-    print(f"256 scenes at 80 x 160 rendered in {elapsed:.2f} s")
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    print(f"256 scenes at 80 x 160 rendered in {elapsed:.2f} s ({cpu:.2f} s of CPU)")
     assert s.images.shape == (256, 3, 80, 160)
-    assert elapsed < 10
+    assert cpu < 10
 
 
 @pytest.mark.parametrize("call, fragment", [

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from raybrain.sweep import parse_spec, run_sweep
-from tests.conftest import ROOT, SHARED_DATA, sweep_runs
+from tests.conftest import ROOT, SHARED_DATA, WAIT_S, sweep_runs
 
 
 def _spec(tmp_path, name="drive", **over):
@@ -74,7 +74,7 @@ def test_quick_driving_sweep_end_to_end(ray_session, tmp_path, monkeypatch):
 
 def _cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "raybrain.cli", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
+                          text=True, cwd=cwd, timeout=WAIT_S)
 
 
 def _one_error(stderr: str) -> bool:

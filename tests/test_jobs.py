@@ -16,6 +16,7 @@ import pytest
 from raybrain.cli import main
 from raybrain.sweep.tracking import Tracker
 from raybrain.ui import free_port
+from tests.conftest import WAIT_S
 
 VENV_BIN = str(Path(sys.executable).parent)
 
@@ -102,7 +103,7 @@ def jobs_api(tmp_path_factory):
     proc = subprocess.Popen(cmd, env=env, stdout=open(out, "w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
-        deadline = time.time() + 90
+        deadline = time.time() + WAIT_S
         while not _answers(f"http://127.0.0.1:{port}/api/version"):
             assert proc.poll() is None and time.time() < deadline, out.read_text()[-2000:]
             time.sleep(0.5)

@@ -86,17 +86,17 @@ def test_the_ray_token_is_only_offered_to_this_machine(monkeypatch, tmp_path):
 
 
 _LISTENERS = """
-import json, psutil, ray, time
+import json, psutil, ray, sys, time
 from raybrain.sweep.cluster import ray_init_kwargs
 ctx = ray.init(**ray_init_kwargs(None, num_cpus=1, dashboard=True))
 port = int(ctx.dashboard_url.rsplit(":", 1)[1])
 ips = set()
-for _ in range(40):  # the Jobs API is served by the dashboard process once it is up
+deadline = time.time() + float(sys.argv[1])
+while not ips and time.time() < deadline:  # the dashboard serves the Jobs API once it is up
     ips = {c.laddr.ip for c in psutil.net_connections(kind="inet")
            if c.status == "LISTEN" and c.laddr.port == port}
-    if ips:
-        break
-    time.sleep(0.25)
+    if not ips:
+        time.sleep(0.25)
 from ray.job_submission import JobSubmissionClient
 jobs = JobSubmissionClient("http://" + ctx.dashboard_url).list_jobs()
 print(json.dumps({"url": ctx.dashboard_url, "ips": sorted(ips),
@@ -114,9 +114,11 @@ def test_the_dashboard_and_jobs_api_raybrain_starts_listen_on_loopback_only():
     import subprocess
     import sys
 
+    from tests.conftest import WAIT_S
+
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
-    out = subprocess.run([sys.executable, "-c", _LISTENERS], capture_output=True, text=True,
-                         timeout=180, env=env)
+    out = subprocess.run([sys.executable, "-c", _LISTENERS, str(WAIT_S)], capture_output=True,
+                         text=True, timeout=2 * WAIT_S, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["url"].startswith("127.0.0.1:")

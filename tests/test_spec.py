@@ -12,6 +12,7 @@ from raybrain.cli import main
 from raybrain.data import MemoryTaskConfig, save_memory_npz, simulate_episodes, synthetic_brain
 from raybrain.errors import SpecError
 from raybrain.sweep import SpecWarning, load_spec, parse_spec, validate_spec
+from tests.conftest import WAIT_S
 
 pytestmark = pytest.mark.unit
 
@@ -201,7 +202,7 @@ def test_dry_run_starts_nothing(tmp_path, capsys, write_spec, tiny_spec_dict):
 def test_cli_error_has_no_traceback(tmp_path, write_spec, tiny_spec_dict):
     path = write_spec(dict(tiny_spec_dict, seeds=0))
     proc = subprocess.run([sys.executable, "-m", "raybrain.cli", "sweep", str(path)],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+                          capture_output=True, text=True, cwd=tmp_path, timeout=WAIT_S)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert [line for line in proc.stderr.splitlines() if line.strip()] == [

@@ -169,7 +169,9 @@ def test_killed_driver_resumes_without_duplicating_runs(ray_session, in_tmp, tin
                             stderr=open(in_tmp / "driver.err", "w"))
     try:
         # wait until some epochs are in MLflow, then kill the driver and its local Ray
-        deadline = time.time() + 240
+        from tests.conftest import WAIT_S
+
+        deadline = time.time() + WAIT_S
         logged = 0
         while time.time() < deadline and proc.poll() is None:
             time.sleep(1.0)

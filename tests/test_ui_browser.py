@@ -24,14 +24,13 @@ import pytest
 from raybrain.sweep import parse_spec, run_sweep
 from raybrain.sweep.tracking import Tracker
 from raybrain.ui import MlflowServer
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, TINY, WAIT_S
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SCREENSHOTS = ROOT / "tests" / "artifacts" / "screenshots"
-WAIT_S = 30
 SWEEP = "ui-tiny"
 CHILD_NAMES = {f"{arm} seed={seed}" for arm in ("brain[alpha=0.1]", "shuffled[alpha=0.1]", "none")
                for seed in (0, 1)}
@@ -114,7 +113,7 @@ def test_mlflow_ui_shows_the_sweep(ray_session, tmp_path, monkeypatch, browser):
     def link_to(run_id):
         return f'a[href*="/runs/{run_id}"]'
 
-    with MlflowServer(uri) as server:
+    with MlflowServer(uri, startup_timeout=WAIT_S) as server:
         t_server = time.monotonic() - t0 - t_sweep
         try:
             # 1. the experiment's runs table: the parent row, its children folded under it

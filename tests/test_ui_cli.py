@@ -15,6 +15,7 @@ import pytest
 
 from raybrain.cli import main
 from raybrain.ui import MlflowServer
+from tests.conftest import WAIT_S
 
 
 def _run_ui(capsys, *args):
@@ -105,7 +106,7 @@ def test_ui_serves_prints_the_sweep_url_and_stops_on_ctrl_c(store, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lines = []
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + WAIT_S
         while time.monotonic() < deadline and not (lines and lines[-1].startswith("sweep ")):
             line = proc.stdout.readline()
             if not line:
@@ -119,10 +120,10 @@ def test_ui_serves_prints_the_sweep_url_and_stops_on_ctrl_c(store, tmp_path):
         assert lines[2] == (f"sweep 'beta-optuna': {base}/#/experiments/{experiment_id}/runs/"
                             f"{ids['beta-optuna']}?workflowType=machine_learning")
         with urllib.request.urlopen(f"{base}/ajax-api/2.0/mlflow/runs/get?run_id="
-                                    f"{ids['beta-optuna']}", timeout=10) as r:
+                                    f"{ids['beta-optuna']}", timeout=WAIT_S) as r:
             assert json.load(r)["run"]["info"]["run_name"] == "beta-optuna"
         os.kill(proc.pid, signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
+        assert proc.wait(timeout=WAIT_S) == 0
         assert "stopping the MLflow server" in proc.stderr.read()
         with pytest.raises((urllib.error.URLError, ConnectionError)):
             urllib.request.urlopen(f"{base}/health", timeout=5)

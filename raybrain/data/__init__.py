@@ -7,7 +7,10 @@ modules, which load MNE, CEBRA, h5py or nibabel only when used):
 - :mod:`raybrain.data.eeg_rdm` - time-resolved RDMs from a recording's epochs;
 - :mod:`raybrain.data.spikes` - spike files, binning, B2M alignment, CEBRA embeddings;
 - :mod:`raybrain.data.memory_spikes` - spike sessions to memory-task embeddings;
-- :mod:`raybrain.data.rdm` - RDM files (memory-mapped when large) and validation;
+- :mod:`raybrain.data.rdm` - RDM files (memory-mapped when large, condensed or in MATLAB
+  struct arrays) and validation;
+- :mod:`raybrain.data.matfile` - MATLAB ``.mat`` structs and cells by field path (v5, v7.3);
+- :mod:`raybrain.data.layout` - which layout an ``.npz`` holds, from its keys;
 - :mod:`raybrain.data.rdm_compute` - correlation and decoding RDMs from patterns and epochs;
 - :mod:`raybrain.data.embeddings` - SPoSE embeddings and fMRI voxel arrays;
 - :mod:`raybrain.data.cache` - the prepared-data cache (atomic, built once);

@@ -15,7 +15,9 @@ seconds it took). Both are written to temporary files in the cache directory and
 into place (the ``.npz`` last, and the ``.npz`` is what marks an entry complete), so a
 reader never sees half an entry. Concurrent preparers of the same key take an exclusive
 ``flock`` on ``<key>.lock``: the first computes, the others wait and then read its entry.
-A preparation that raises writes nothing.
+The lock file is removed when its holder is done (:func:`file_lock`), and temporary files
+a killed preparer left are removed by the next one, so a preparation that raises leaves
+nothing behind: no entry, no lock, no temporary file.
 """
 
 from __future__ import annotations
@@ -101,14 +103,47 @@ class CacheEntry:
 
 @contextmanager
 def file_lock(lock_path: Path):
-    """Hold an exclusive ``flock`` on ``lock_path`` (created if missing) inside the block."""
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    """Hold an exclusive ``flock`` on ``lock_path`` inside the block; remove it after.
+
+    The lock file exists only while someone holds or waits for it, so a finished or failed
+    preparation leaves none behind. Removing a lock file that others wait on is safe with
+    this protocol: the holder unlinks it while still holding the lock, and a waiter that
+    then gets the lock checks that the path still names the file it locked (same inode);
+    if not, it starts again on a fresh file, so two processes never hold the lock at once.
+    """
+    lock_path = Path(lock_path)
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            mine = os.fstat(fd)
+            try:
+                now = os.stat(lock_path)
+                current = (now.st_ino, now.st_dev) == (mine.st_ino, mine.st_dev)
+            except FileNotFoundError:
+                current = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if current:
+            break
+        fcntl.flock(fd, fcntl.LOCK_UN)  # the holder we waited for removed it: again
+        os.close(fd)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        try:
+            lock_path.unlink(missing_ok=True)  # while still holding the lock
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+def _remove_orphans(directory: Path, key: str) -> None:
+    """Temporary files of ``key`` left by a preparer that was killed mid-write (only the
+    lock holder writes them, so under the lock any that exist are orphans)."""
+    for tmp in directory.glob(f".{key}.*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def _read(npz_path: Path, json_path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -174,6 +209,7 @@ def cached_arrays(kind: str, settings: dict[str, Any], inputs: list[str | os.Pat
         if npz_path.exists():  # another process built it while we waited
             arrays, prov = _read(npz_path, json_path)
             return CacheEntry(key, npz_path, arrays, prov, computed=False)
+        _remove_orphans(directory, key)
         t0 = time.perf_counter()
         arrays, info = build()
         seconds = time.perf_counter() - t0
@@ -189,8 +225,12 @@ def cached_arrays(kind: str, settings: dict[str, Any], inputs: list[str | os.Pat
         }
         _atomic_write(directory, json_path,
                       lambda fh: fh.write(json.dumps(provenance, indent=1, default=str)), "w")
-        _atomic_write(directory, npz_path,
-                      lambda fh: np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()}),
-                      "wb")
+        try:
+            _atomic_write(directory, npz_path,
+                          lambda fh: np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()}),
+                          "wb")
+        except BaseException:  # no entry: its provenance goes too
+            json_path.unlink(missing_ok=True)
+            raise
     return CacheEntry(key, npz_path, {k: np.asarray(v) for k, v in arrays.items()},
                       provenance, computed=True)

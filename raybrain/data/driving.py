@@ -35,8 +35,8 @@ from raybrain.data.eeg import (EEGPrep, event_times, frame_vectors, preprocess, 
                                recording_summary, write_raw)
 from raybrain.errors import SpecError
 
-__all__ = ["DrivingSession", "DrivingPairs", "load_frames", "prepare_driving_pairs",
-           "synthesize_driving_session", "SYNTHETIC_FORMATS"]
+__all__ = ["DrivingSession", "DrivingPairs", "frames_header", "load_frames",
+           "prepare_driving_pairs", "synthesize_driving_session", "SYNTHETIC_FORMATS"]
 
 #: Formats the synthetic generator can write (all read back by :func:`read_raw`).
 SYNTHETIC_FORMATS = (".bdf", ".edf", ".vhdr", ".set", ".fif")
@@ -78,15 +78,16 @@ class DrivingPairs:
     computed: bool
 
 
-def load_frames(path: str | os.PathLike, image_size: tuple[int, int],
-                max_bytes: int = 4 * 2**30) -> np.ndarray:
-    """Read a frames ``.npy`` and return uint8 frames ``(n, 3, height, width)``.
+def frames_header(path: str | os.PathLike, max_bytes: int = 4 * 2**30) -> np.ndarray:
+    """A frames ``.npy`` memory-mapped, its header checked (nothing read): a readable file,
+    within ``max_bytes``, shaped ``(n, height, width, 3)`` or ``(n, 3, height, width)``,
+    uint8 or float.
 
-    Frames of another size are resized (bilinear, antialiased) to ``image_size``.
+    Raises
+    ------
+    SpecError
+        One line naming the file.
     """
-    import torch
-    import torch.nn.functional as F
-
     where = f"frames file '{os.fspath(path)}'"
     p = Path(path)
     if not p.is_file():
@@ -103,6 +104,23 @@ def load_frames(path: str | os.PathLike, image_size: tuple[int, int],
     if arr.ndim != 4 or 3 not in (arr.shape[1], arr.shape[3]):
         raise SpecError(f"{where}: expected shape (n_frames, height, width, 3) or "
                         f"(n_frames, 3, height, width), got {arr.shape}")
+    if arr.dtype != np.uint8 and arr.dtype.kind != "f":
+        raise SpecError(f"{where}: frames must be uint8 (0..255) or float (0..1), got "
+                        f"{arr.dtype}")
+    return arr
+
+
+def load_frames(path: str | os.PathLike, image_size: tuple[int, int],
+                max_bytes: int = 4 * 2**30) -> np.ndarray:
+    """Read a frames ``.npy`` and return uint8 frames ``(n, 3, height, width)``.
+
+    Frames of another size are resized (bilinear, antialiased) to ``image_size``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    where = f"frames file '{os.fspath(path)}'"
+    arr = frames_header(path, max_bytes)
     x = np.asarray(arr)
     if x.shape[-1] == 3 and x.shape[1] != 3:
         x = x.transpose(0, 3, 1, 2)

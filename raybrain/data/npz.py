@@ -42,7 +42,7 @@ from raybrain.data.memory_task import (
 )
 from raybrain.errors import SpecError
 
-__all__ = ["NPZ_KEYS", "load_memory_npz", "save_memory_npz"]
+__all__ = ["NPZ_KEYS", "load_memory_npz", "describe_memory_npz", "save_memory_npz"]
 
 #: Keys of the memory-task npz layout.
 NPZ_KEYS = ("embeddings", "episode_lengths", "stimuli", "first_target")
@@ -90,18 +90,35 @@ def load_memory_npz(path: str | os.PathLike, cfg: MemoryTaskConfig,
         that does not match, non-finite embeddings, step counts that disagree, or
         stimulus / first-target / length values out of range.
     """
+    where, arrays = _read_arrays(path)
+    emb = arrays["embeddings"]
+    if expected_dim is not None and emb.shape[2] != expected_dim:
+        raise SpecError(
+            f"{where}: brain embedding dimension {emb.shape[2]} differs from the model's "
+            f"embedding dimension {expected_dim} (embeddings shape {emb.shape})")
+    if emb.shape[1] != cfg.bins_per_step:
+        raise SpecError(
+            f"{where}: embeddings have {emb.shape[1]} time bins per step but the task "
+            f"has bins_per_step = pre_bins + post_bins = {cfg.pre_bins} + "
+            f"{cfg.post_bins} = {cfg.bins_per_step}")
+    first_target, lengths, stimuli, emb = _check_steps(where, arrays)
+    episodes = _apply_rule(first_target, lengths, stimuli)
+    return episodes, emb
+
+
+def _read_arrays(path: str | os.PathLike) -> tuple[str, dict[str, np.ndarray]]:
+    """Read the four arrays; check presence, dimensionality and the embeddings' dtype."""
+    from raybrain.data.matfile import file_state
+
     where = f"brain data file '{os.fspath(path)}'"
     keys = ", ".join(NPZ_KEYS)
-    if not Path(path).exists():
-        raise SpecError(f"{where} not found; expected an .npz with keys {keys}")
-    if not Path(path).is_file():
-        raise SpecError(f"{where} is not a regular file; expected an .npz with keys {keys}")
+    file_state(path, where, f"an .npz with keys {keys}")
     try:
         loaded = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise SpecError(
-            f"{where} could not be read by numpy.load ({_first_line(exc)}); expected an "
-            f".npz with keys {keys}") from None
+            f"{where} is truncated or unreadable by numpy.load ({_first_line(exc)}); expected "
+            f"a complete .npz with keys {keys}") from None
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         raise SpecError(
             f"{where} holds a single array, not an .npz archive; expected an .npz with "
@@ -129,16 +146,12 @@ def load_memory_npz(path: str | os.PathLike, cfg: MemoryTaskConfig,
     emb = arrays["embeddings"]
     if emb.dtype.kind not in "iuf":
         raise SpecError(f"{where}: 'embeddings' must hold real numbers, got dtype {emb.dtype}")
-    if expected_dim is not None and emb.shape[2] != expected_dim:
-        raise SpecError(
-            f"{where}: brain embedding dimension {emb.shape[2]} differs from the model's "
-            f"embedding dimension {expected_dim} (embeddings shape {emb.shape})")
-    if emb.shape[1] != cfg.bins_per_step:
-        raise SpecError(
-            f"{where}: embeddings have {emb.shape[1]} time bins per step but the task "
-            f"has bins_per_step = pre_bins + post_bins = {cfg.pre_bins} + "
-            f"{cfg.post_bins} = {cfg.bins_per_step}")
+    return where, arrays
 
+
+def _check_steps(where: str, arrays: dict[str, np.ndarray]):
+    """Sequences valid, step counts equal, embeddings finite (float32)."""
+    emb = arrays["embeddings"]
     try:
         first_target, lengths, stimuli = _validate_sequences(
             arrays["first_target"], arrays["episode_lengths"], arrays["stimuli"],
@@ -161,9 +174,27 @@ def load_memory_npz(path: str | os.PathLike, cfg: MemoryTaskConfig,
         raise SpecError(
             f"{where}: embeddings must be finite, found {bad.shape[0]} NaN/inf value(s), "
             f"the first at index {first} (step, bin, dimension)")
+    return first_target, lengths, stimuli, emb
 
-    episodes = _apply_rule(first_target, lengths, stimuli)
-    return episodes, emb
+
+def describe_memory_npz(path: str | os.PathLike) -> str:
+    """One line describing a file in this module's layout, checked as far as it can be
+    without a task configuration (every check of :func:`load_memory_npz` except the bin
+    count and the model's dimension).
+
+    Raises
+    ------
+    SpecError
+        As :func:`load_memory_npz`.
+    """
+    where, arrays = _read_arrays(path)
+    first_target, lengths, stimuli, emb = _check_steps(where, arrays)
+    n_steps, bins, dim = emb.shape
+    counts = np.bincount(stimuli, minlength=3)
+    return (f"memory-task brain embeddings (n_steps, bins_per_step, dim) = {emb.shape}: "
+            f"{len(lengths)} episodes of {int(lengths.min())}..{int(lengths.max())} steps, "
+            f"stimuli 0/1/2 x {int(counts[0])}/{int(counts[1])}/{int(counts[2])}; a spec uses it "
+            f"with pre_bins + post_bins = {bins} and embed_dim = {dim}")
 
 
 def save_memory_npz(path: str | os.PathLike, episodes: Episodes,

@@ -10,6 +10,24 @@ above the limit they are refused, from their header and before anything is read,
 message saying to convert. MATLAB v7.3 files store arrays column-major; they come back in
 MATLAB's axis order (a free transposed view, memory-mapped or not).
 
+MATLAB structs and cells (:mod:`raybrain.data.matfile`): a ``.mat`` key may be a field
+path, ``key="RDMs.RDM"`` for the struct array RSA toolboxes save (``RDMs(k).RDM`` holds
+each matrix). The matrices it reaches (cells are descended, struct arrays give one entry
+per element, in MATLAB's order) are stacked along a new leading axis, ``(k, n, n)``; one
+entry gives ``(n, n)``. A key that ends on a struct is refused with its fields and their
+sizes listed. A stack of several entries is read into memory (within ``max_bytes``); a
+single v7.3 entry over the limit is memory-mapped like a plain variable.
+
+Condensed RDMs: the upper triangle as a vector, as :func:`scipy.spatial.distance.pdist`
+returns it. Rule: a trailing axis of length ``m`` holds condensed RDMs iff ``m = n(n-1)/2``
+for an integer ``n >= 2`` and the last two axes are not already a square pair; such an
+array ``(..., m)`` is expanded to ``(..., n, n)`` with
+:func:`scipy.spatial.distance.squareform` semantics (row-major upper triangle, zero
+diagonal). The expanded stack must fit under ``max_bytes`` (it is built in memory).
+MATLAB stores every vector as 2-D, so in a ``.mat`` file a ``(1, m)`` or ``(m, 1)``
+variable or entry is taken as the vector ``(m,)`` first. :class:`RDMCheck` records the
+stored shape of an RDM read as condensed.
+
 Validation (:func:`validate_rdm`): the last two axes square, the matrices symmetric and
 with a zero diagonal (tolerance ``1e-5`` times the largest absolute value of the block
 checked), no infinities, and NaN handled by an explicit policy: ``"error"`` (default),
@@ -28,6 +46,8 @@ RDMs computed from data are in :mod:`raybrain.data.rdm_compute`.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import zipfile
 from dataclasses import dataclass
@@ -35,18 +55,19 @@ from pathlib import Path
 
 import numpy as np
 
+from raybrain.data.matfile import (MAT_NUMERIC, file_state, is_hdf5, mat_variables,
+                                   matlab_vector, matlab_vector_shape, open_leaves, split_key)
 from raybrain.errors import SpecError
 
-__all__ = ["RDM_SUFFIXES", "RDMCheck", "load_rdm", "validate_rdm", "array_header",
-           "read_hdf5_dataset", "is_memory_mapped"]
+__all__ = ["RDM_SUFFIXES", "NAN_POLICIES", "RDMCheck", "load_rdm", "validate_rdm",
+           "array_header", "read_hdf5_dataset", "is_memory_mapped", "condensed_size",
+           "expand_condensed"]
 
 RDM_SUFFIXES = (".npy", ".npz", ".mat", ".h5", ".hdf5")
 NAN_POLICIES = ("error", "zero", "keep")
 
 #: MATLAB classes reported by ``scipy.io.whosmat`` that hold real numbers.
-_MAT_NUMERIC = {"double": "float64", "single": "float32", "int8": "int8", "uint8": "uint8",
-                "int16": "int16", "uint16": "uint16", "int32": "int32", "uint32": "uint32",
-                "int64": "int64", "uint64": "uint64", "logical": "bool"}
+_MAT_NUMERIC = MAT_NUMERIC
 
 # bytes of working memory per matrix entry checked: float64 rows and mirrored columns
 # (2 x 8), the stored values while they are converted, boolean masks, and some slack
@@ -69,12 +90,20 @@ class RDMCheck:
         None when whole matrices were checked; otherwise (column-major memory-mapped
         stacks) the number of sampled conditions of ``n``: their columns were checked for
         NaN/inf in every matrix, and the submatrix on them for symmetry and diagonal.
+    condensed_from : tuple of int or None
+        Set by :func:`load_rdm` when the file held condensed RDMs: their stored shape
+        ``(..., n(n-1)/2)``.
+    note : str
+        How :func:`load_rdm` read the file when it did more than load one array (e.g.
+        ``"3 entries of RDMs.RDM stacked"``); empty otherwise.
     """
 
     n_checked: int
     n_total: int
     n_nan: int
     rows_checked: int | None = None
+    condensed_from: tuple[int, ...] | None = None
+    note: str = ""
 
     @property
     def complete(self) -> bool:
@@ -175,9 +204,45 @@ def _npy_header(fh) -> tuple[tuple[int, ...], np.dtype]:
 
 def _is_hdf5(p: Path) -> bool:
     # the HDF5 signature sits at byte 0, 512, 1024, ... (MATLAB v7.3 has a 512-byte userblock)
-    with open(p, "rb") as fh:
-        head = fh.read(2048 + 8)
-    return any(head[o:o + 8] == b"\x89HDF\r\n\x1a\n" for o in (0, 512, 1024, 2048))
+    return is_hdf5(p)
+
+
+def condensed_size(shape: tuple[int, ...]) -> int | None:
+    """``n`` when ``shape`` holds condensed RDMs by the module's rule, else None.
+
+    The trailing axis of length ``m`` is condensed iff ``m = n(n-1)/2`` for an integer
+    ``n >= 2`` and the last two axes are not a square pair. E.g. ``(10,) -> 5``,
+    ``(4, 6) -> 4``, ``(6, 6) -> None`` (square), ``(5,) -> None`` (not triangular).
+    """
+    if len(shape) == 0 or (len(shape) >= 2 and shape[-1] == shape[-2]):
+        return None
+    m = int(shape[-1])
+    n = int(round((1 + math.sqrt(1 + 8 * m)) / 2))
+    return n if n >= 2 and n * (n - 1) // 2 == m else None
+
+
+def expand_condensed(arr: np.ndarray) -> np.ndarray:
+    """Condensed RDMs ``(..., n(n-1)/2)`` to square ``(..., n, n)``.
+
+    Each vector is expanded by :func:`scipy.spatial.distance.squareform` (its upper
+    triangle in row-major order, mirrored, zero diagonal); the dtype is kept.
+
+    Raises
+    ------
+    SpecError
+        When the trailing axis is not condensed by the module's rule.
+    """
+    from scipy.spatial.distance import squareform
+
+    n = condensed_size(arr.shape)
+    if n is None:
+        raise SpecError(f"an array of shape {arr.shape} does not hold condensed RDMs; expected "
+                        f"a trailing axis of length n(n-1)/2 for an integer n >= 2")
+    flat = np.asarray(arr).reshape(-1, arr.shape[-1])
+    out = np.empty((flat.shape[0], n, n), dtype=flat.dtype)
+    for i, v in enumerate(flat):
+        out[i] = squareform(v, force="tomatrix", checks=False)
+    return out.reshape(*arr.shape[:-1], n, n)
 
 
 def load_rdm(path: str | os.PathLike, *, key: str | None = None, nan_policy: str = "error",
@@ -191,13 +256,14 @@ def load_rdm(path: str | os.PathLike, *, key: str | None = None, nan_policy: str
         ``.npy``, ``.npz``, ``.mat`` (v5 or v7.3) or ``.h5``/``.hdf5``.
     key : str or None
         Array name inside ``.npz``/``.mat``/HDF5 (None: the only one; an error lists the
-        names when there are several).
+        names when there are several). In a ``.mat`` file, a field path such as
+        ``"RDMs.RDM"`` (module docstring).
     nan_policy : {"error", "zero", "keep"}
         What NaN entries do: raise, become 0 (a copy; refused over ``max_bytes``), or stay.
     max_bytes : int
         Arrays above this size are memory-mapped (``.npy``, contiguous uncompressed HDF5)
-        or refused (``.npz``, v5 ``.mat``, chunked/compressed HDF5) with a message saying
-        to convert.
+        or refused (``.npz``, v5 ``.mat``, chunked/compressed HDF5, stacks of struct or cell
+        entries, condensed RDMs once expanded) with a message saying to convert.
     validate_budget_bytes : int
         Working memory for validation; see :func:`validate_rdm`.
     return_check : bool
@@ -207,15 +273,18 @@ def load_rdm(path: str | os.PathLike, *, key: str | None = None, nan_policy: str
     -------
     rdm : np.ndarray, shape (..., n, n)
         float32 (float64 if stored so) in memory under ``max_bytes``; above it a read-only
-        ``np.memmap`` (or a transposed view of one, for v7.3) in the stored dtype.
+        ``np.memmap`` (or a transposed view of one, for v7.3) in the stored dtype. Condensed
+        input ``(..., n(n-1)/2)`` comes back expanded.
     check : RDMCheck
         Only with ``return_check=True``.
 
     Raises
     ------
     SpecError
-        One line naming the file: wrong suffix, missing, unreadable/corrupt/truncated,
-        missing or ambiguous key, non-numeric, too large for its format, or an invalid RDM.
+        One line naming the file: wrong suffix, missing, a directory,
+        unreadable/corrupt/truncated, missing or ambiguous key (or field path: the struct's
+        fields and their sizes are listed), non-numeric, too large for its format, or an
+        invalid RDM.
     """
     if nan_policy not in NAN_POLICIES:
         raise SpecError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
@@ -225,14 +294,34 @@ def load_rdm(path: str | os.PathLike, *, key: str | None = None, nan_policy: str
     if suffix not in RDM_SUFFIXES:
         raise SpecError(f"{where} has suffix {suffix or '(none)'!r}; expected one of "
                         f"{RDM_SUFFIXES}")
-    if not p.is_file():
-        raise SpecError(f"{where} not found; expected an existing file")
+    p = file_state(p, where, f"an existing {suffix} file holding an RDM array")
+    note = ""
+    if suffix == ".mat":
+        key, mat_path = _mat_variable(p, key, where)
+        if mat_path:
+            arr, note = _read_mat_entries(p, mat_path, where, max_bytes)
+            return _finish(arr, where, nan_policy, max_bytes, validate_budget_bytes,
+                           return_check, note)
     shape, dtype = array_header(p, key)
     if dtype.kind not in "biuf":
         raise SpecError(f"{where}: the RDM must hold real numbers, got dtype {dtype}")
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    big = nbytes > max_bytes
     v5_mat = suffix == ".mat" and not _is_hdf5(p)
+    v73_mat = suffix == ".mat" and not v5_mat
+    logical = tuple(reversed(shape)) if v73_mat else tuple(shape)  # MATLAB's axis order
+    if suffix == ".mat":
+        logical = matlab_vector_shape(logical)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    n_cond = condensed_size(logical)
+    if n_cond is not None:
+        out_size = 8 if dtype == np.float64 else 4
+        expanded = int(np.prod(logical[:-1], dtype=np.int64)) * n_cond * n_cond * out_size
+        if expanded > max_bytes:
+            raise SpecError(f"{where} holds condensed RDMs {logical} (n = {n_cond} conditions); "
+                            f"expanded to {(*logical[:-1], n_cond, n_cond)} they take "
+                            f"{expanded / 2**20:.1f} MiB, over the {max_bytes / 2**20:.1f} MiB "
+                            f"limit (max_bytes); expand them once to a square .npy "
+                            f"(scipy.spatial.distance.squareform) and load that")
+    big = nbytes > max_bytes and n_cond is None
     if big and (suffix == ".npz" or v5_mat):
         raise SpecError(f"{where} holds a {nbytes / 2**20:.1f} MiB array {shape}, over the "
                         f"{max_bytes / 2**20:.1f} MiB limit (max_bytes), and {suffix} files "
@@ -265,12 +354,102 @@ def load_rdm(path: str | os.PathLike, *, key: str | None = None, nan_policy: str
     except Exception as exc:
         raise SpecError(f"{where} could not be read ({type(exc).__name__}: {_first_line(exc)}); "
                         f"the file may be corrupt or truncated") from None
-    if not big:
+    if suffix == ".mat":
+        arr = matlab_vector(arr)
+    return _finish(arr, where, nan_policy, max_bytes, validate_budget_bytes, return_check, note)
+
+
+def _finish(arr: np.ndarray, where: str, nan_policy: str, max_bytes: int, budget: int,
+            return_check: bool, note: str):
+    """Expand condensed input, convert in-memory arrays to float32/64, validate."""
+    condensed_from = None
+    if condensed_size(arr.shape) is not None:
+        condensed_from = tuple(arr.shape)
+        arr = expand_condensed(np.asarray(arr))
+    if not is_memory_mapped(arr):
         arr = np.asarray(arr, dtype=np.float64 if arr.dtype == np.float64 else np.float32)
-    check = validate_rdm(arr, where, nan_policy, validate_budget_bytes)
+    nbytes = arr.size * arr.itemsize
+    if nan_policy == "zero" and is_memory_mapped(arr) and nbytes > max_bytes:
+        raise SpecError(f"{where}: nan_policy 'zero' copies the array, and its "
+                        f"{nbytes / 2**20:.1f} MiB are over the {max_bytes / 2**20:.1f} MiB "
+                        f"limit (max_bytes); use 'keep' (and mask NaNs) or clean the file first")
+    check = validate_rdm(arr, where, nan_policy, budget)
+    check = dataclasses.replace(check, condensed_from=condensed_from, note=note)
     if nan_policy == "zero" and check.n_nan:
         arr = np.where(np.isnan(arr), arr.dtype.type(0), arr)
     return (arr, check) if return_check else arr
+
+
+def _mat_variable(p: Path, key: str | None, where: str) -> tuple[str | None, str | None]:
+    """(plain variable name or None, field path or None) for ``key`` in a ``.mat`` file.
+
+    A numeric variable named alone keeps the plain route (header first, memory-mapped when
+    large); a field path, a struct or a cell goes through :mod:`raybrain.data.matfile`.
+    """
+    try:
+        variables = mat_variables(p)
+    except Exception as exc:
+        raise SpecError(f"{where} could not be read ({type(exc).__name__}: {_first_line(exc)}); "
+                        f"expected a .mat file holding an RDM array; the file may be corrupt "
+                        f"or truncated") from None
+    var, fields = (split_key(key, where) if key is not None and "." in key else (key, []))
+    names = sorted(variables)
+    if var is None and len(names) != 1:
+        shown = names[:10]
+        sizes = ", ".join(f"{n}: {'x'.join(map(str, variables[n][0]))} {variables[n][1]}"
+                          for n in shown)
+        raise SpecError(f"{where} holds {len(names)} arrays {shown}; name one with key "
+                        f"(e.g. key={shown[0] if shown else 'NAME'!r}; {sizes})")
+    name = _pick(names, var, where)
+    if fields or variables[name][1] not in MAT_NUMERIC:
+        return None, ".".join([name, *fields])
+    return name, None
+
+
+def _read_mat_entries(p: Path, key: str, where: str, max_bytes: int) -> tuple[np.ndarray, str]:
+    """The matrices a field path reaches, stacked ``(k, ...)`` (one entry: itself)."""
+    v5 = not is_hdf5(p)
+    if v5 and p.stat().st_size > max_bytes:
+        raise SpecError(f"{where} is a {p.stat().st_size / 2**20:.1f} MiB v5 .mat file, over the "
+                        f"{max_bytes / 2**20:.1f} MiB limit (max_bytes), and v5 files cannot "
+                        f"be memory-mapped; save the matrices as one numeric array with "
+                        f"save -v7.3, or convert to .npy")
+    with open_leaves(p, key, where) as leaves:
+        empty = [lf for lf in leaves if lf.kind == "empty"]
+        if empty or not leaves:
+            what = f"{empty[0].origin} is empty" if empty else "it reaches no arrays"
+            raise SpecError(f"{where}: key {key!r}: {what}; expected an RDM in every entry "
+                            f"(spike times per cell: raybrain data inspect --as spikes)")
+        shapes = [matlab_vector_shape(lf.shape) for lf in leaves]
+        if len(set(shapes)) > 1:
+            j = next(i for i, s in enumerate(shapes) if s != shapes[0])
+            raise SpecError(f"{where}: key {key!r} reaches arrays of different sizes "
+                            f"({leaves[0].origin} is {'x'.join(map(str, leaves[0].shape))}, "
+                            f"{leaves[j].origin} is {'x'.join(map(str, leaves[j].shape))}); "
+                            f"expected one size to stack (spike times per cell: raybrain "
+                            f"data inspect --as spikes)")
+        total = sum(lf.nbytes for lf in leaves)
+        note = (f"{len(leaves)} entries of {key} ({leaves[0].origin} .. {leaves[-1].origin}) "
+                f"stacked" if len(leaves) > 1 else f"read from {leaves[0].origin}")
+        n_cond = condensed_size((len(leaves), *shapes[0]) if len(leaves) > 1 else shapes[0])
+        if total > max_bytes:
+            ds = leaves[0].h5_dataset
+            if len(leaves) == 1 and ds is not None and n_cond is None:
+                return _map_dataset(p, ds, where).transpose(), note
+            raise SpecError(f"{where}: key {key!r} reaches {len(leaves)} arrays, "
+                            f"{total / 2**20:.1f} MiB in all, over the "
+                            f"{max_bytes / 2**20:.1f} MiB limit (max_bytes), which cannot be "
+                            f"memory-mapped as one stack; save them as one numeric array "
+                            f"(e.g. cat(3, RDMs.RDM) with save -v7.3) or convert to .npy")
+        try:
+            arrays = [matlab_vector(np.asarray(lf.read())) for lf in leaves]
+        except Exception as exc:
+            raise SpecError(f"{where} could not be read ({type(exc).__name__}: "
+                            f"{_first_line(exc)}); the file may be corrupt or truncated") from None
+    arr = np.stack(arrays) if len(arrays) > 1 else arrays[0]
+    if arr.dtype.kind not in "biuf":
+        raise SpecError(f"{where}: the RDM must hold real numbers, got dtype {arr.dtype}")
+    return arr, note
 
 
 def read_hdf5_dataset(path: str | os.PathLike, key: str | None, where: str, *,
@@ -300,15 +479,19 @@ def read_hdf5_dataset(path: str | os.PathLike, key: str | None, where: str, *,
         ds = f[_pick(names, key, where)]
         if not mapped:
             return np.asarray(ds[()])
-        offset = ds.id.get_offset()
-        if offset is None or ds.chunks is not None or ds.compression is not None \
-                or ds.dtype.kind not in "biuf":
-            layout = "chunked or compressed" if ds.chunks is not None else "not contiguous"
-            raise SpecError(f"{where}: dataset {ds.name!r} {ds.shape} is over the size limit "
-                            f"(max_bytes) and {layout}, so it cannot be memory-mapped; rewrite "
-                            f"it as a contiguous uncompressed dataset or convert it to .npy")
-        shape, dtype = ds.shape, ds.dtype
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+        return _map_dataset(path, ds, where)
+
+
+def _map_dataset(path: str | os.PathLike, ds, where: str) -> np.ndarray:
+    """``np.memmap`` of an open h5py dataset of ``path`` (contiguous, uncompressed only)."""
+    offset = ds.id.get_offset()
+    if offset is None or ds.chunks is not None or ds.compression is not None \
+            or ds.dtype.kind not in "biuf":
+        layout = "chunked or compressed" if ds.chunks is not None else "not contiguous"
+        raise SpecError(f"{where}: dataset {ds.name!r} {ds.shape} is over the size limit "
+                        f"(max_bytes) and {layout}, so it cannot be memory-mapped; rewrite "
+                        f"it as a contiguous uncompressed dataset or convert it to .npy")
+    return np.memmap(path, dtype=ds.dtype, mode="r", offset=offset, shape=ds.shape)
 
 
 def _even(total: int, k: int) -> np.ndarray:
@@ -349,12 +532,13 @@ def validate_rdm(arr: np.ndarray, where: str = "RDM", nan_policy: str = "error",
     if nan_policy not in NAN_POLICIES:
         raise SpecError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
     if arr.ndim < 2:
-        raise SpecError(f"{where}: an RDM needs at least 2 dimensions (n, n), got shape "
+        raise SpecError(f"{where}: an RDM needs at least 2 dimensions (n, n), or a condensed "
+                        f"vector of length n(n-1)/2 as scipy's pdist gives, got shape "
                         f"{arr.shape}")
     n = arr.shape[-1]
     if arr.shape[-2] != n:
-        raise SpecError(f"{where}: RDMs must be square in their last two axes, got shape "
-                        f"{arr.shape}")
+        raise SpecError(f"{where}: RDMs must be square in their last two axes (or condensed: "
+                        f"a last axis of length n(n-1)/2), got shape {arr.shape}")
     if n < 2:
         raise SpecError(f"{where}: an RDM needs at least 2 conditions, got shape {arr.shape}")
     lead = arr.shape[:-2]
@@ -421,7 +605,8 @@ def validate_rdm(arr: np.ndarray, where: str = "RDM", nan_policy: str = "error",
     if n_nan and nan_policy == "error":
         part = "" if len(mats) == total and rows_checked is None else " (in the sample checked)"
         raise SpecError(f"{where}: {n_nan} NaN value(s){part}, the first at {first_nan}; "
-                        f"expected none, or set nan_policy to 'zero' or 'keep' to accept them")
+                        f"expected none, or set nan_policy to 'zero' or 'keep' to accept them "
+                        f"(raybrain data inspect --nan-policy)")
     return RDMCheck(int(len(mats)), total, n_nan, rows_checked)
 
 
@@ -465,7 +650,7 @@ def _check_column_major_sample(arr: np.ndarray, where: str, nan_policy: str,
     if n_nan and nan_policy == "error":
         raise SpecError(f"{where}: {n_nan} NaN value(s) (in the sample checked), the first at "
                         f"{first_nan}; expected none, or set nan_policy to 'zero' or 'keep' to "
-                        f"accept them")
+                        f"accept them (raybrain data inspect --nan-policy)")
     mirror = sub.transpose(1, 0, 2)
     skip = np.isnan(sub) | np.isnan(mirror)
     sub = np.where(skip, 0.0, sub)

@@ -14,9 +14,19 @@ File format (``.npz``, plain arrays, read with ``allow_pickle=False``):
     A behavioural variable sampled over time (e.g. position on a track).
 
 Other keys are kept in :attr:`SpikeRecording.extra` (e.g. the episode sequences of the
-memory task). :func:`convert_nelpy_npz` turns the rat hippocampus example (an object
-array of per-unit spike times, stored pickled) into this format once, admitting numpy's
-array classes only; raybrain never unpickles a data file with a general unpickler.
+memory task, or ``unit_origin``, the MATLAB origin of each unit of a converted file).
+
+Conversions, once, into this format (``raybrain data convert-spikes SRC DST [--key PATH]``),
+validated before anything is written and written atomically:
+
+- :func:`convert_mat_spikes`: per-cell spike-time vectors in a MATLAB ``.mat`` (v5-v7 or
+  v7.3): a cell array of vectors (nested cells descended, e.g. day/epoch/tetrode/cell) or
+  structs with a field of spike times, named by a field path (``spikes.time`` for
+  MatClust's ``spikes{d}{e}{t}{c}.time``). One unit per non-empty vector, in MATLAB's
+  order; empty entries (absent cells, cells without spikes) are skipped and counted.
+- :func:`convert_nelpy_npz`: the rat hippocampus example (an object array of per-unit
+  spike times, stored pickled), rebuilt admitting numpy's array classes only; raybrain
+  never unpickles a data file with a general unpickler.
 
 B2M pre-processing (paper appendix): spikes aligned to each stimulus, a pre-stimulus
 window ``-1..0 s`` in 10 ms bins (100 bins) and the post-stimulus window ``0..reaction
@@ -44,7 +54,8 @@ import numpy as np
 
 from raybrain.errors import SpecError
 
-__all__ = ["SpikeRecording", "save_spikes", "load_spikes", "convert_nelpy_npz", "bin_rates",
+__all__ = ["SpikeRecording", "save_spikes", "load_spikes", "convert_nelpy_npz",
+           "convert_mat_spikes", "read_mat_spikes", "convert_spikes", "bin_rates",
            "aux_at", "align_steps", "causal_exp_filter", "EXP_KERNEL", "CebraResult",
            "cebra_embed", "save_embedding", "load_embedding"]
 
@@ -107,34 +118,65 @@ def save_spikes(path: str | os.PathLike, rec: SpikeRecording) -> Path:
     return out
 
 
+_SPIKE_KEYS = "spike_times, unit_index, n_units"
+
+
+def _read_error(where: str, exc: BaseException) -> SpecError:
+    """The one-line error for an ``.npz`` numpy cannot read: pickled objects (convert the
+    file once) or a truncated / corrupt archive (nothing to convert)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, ValueError) and "pickle" in text:
+        return SpecError(f"{where} holds pickled objects ({text}); expected an .npz of plain "
+                         f"arrays: convert a trusted file once with `raybrain data "
+                         f"convert-spikes SRC DST`")
+    return SpecError(f"{where} is truncated or unreadable ({type(exc).__name__}: {text}); "
+                     f"expected a complete .npz archive (numpy.savez) with {_SPIKE_KEYS}")
+
+
 def load_spikes(path: str | os.PathLike) -> SpikeRecording:
-    """Read and validate a spike file; one-line :class:`SpecError` naming the file."""
-    import zipfile
+    """Read and validate a spike file; one-line :class:`SpecError` naming the file.
+
+    Errors say whether the file is missing, a directory, truncated or unreadable, holds
+    pickled objects (then: convert it once with ``raybrain data convert-spikes``), or
+    breaks the format (module docstring).
+    """
+    from raybrain.data.matfile import file_state
 
     where = f"spike file '{os.fspath(path)}'"
-    p = Path(path)
-    if not p.is_file():
-        raise SpecError(f"{where} not found; expected an .npz with spike_times, unit_index, n_units")
+    p = file_state(path, where, f"an .npz with {_SPIKE_KEYS}")
     try:
         with np.load(p, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise SpecError(f"{where} could not be read by numpy.load ({str(exc).splitlines()[0]}); "
-                        f"expected an .npz of plain arrays (no pickled objects: convert a "
-                        f"trusted file once with `raybrain data convert-spikes SRC DST`)") from None
+        raise _read_error(where, exc) from None
+    except Exception as exc:  # zlib.error and the like: a damaged member
+        raise _read_error(where, exc) from None
+    return _from_arrays(arrays, where)
+
+
+def _from_arrays(arrays: dict[str, np.ndarray], where: str) -> SpikeRecording:
+    """Validate the arrays of a spike file (module docstring) into a recording."""
     for k in ("spike_times", "unit_index", "n_units"):
         if k not in arrays:
             raise SpecError(f"{where} lacks '{k}'; found {sorted(arrays)}")
+    nu = np.asarray(arrays["n_units"])
+    if nu.ndim != 0 or nu.dtype.kind not in "iu" or int(nu) < 1:
+        raise SpecError(f"{where}: n_units must be an integer scalar >= 1, got {nu.dtype} of "
+                        f"shape {nu.shape}")
+    n = int(nu)
+    if arrays["spike_times"].dtype.kind not in "iuf":
+        raise SpecError(f"{where}: spike_times must hold real numbers (seconds), got dtype "
+                        f"{arrays['spike_times'].dtype}")
     t = np.asarray(arrays["spike_times"], dtype=np.float64)
     u = np.asarray(arrays["unit_index"])
-    n = int(arrays["n_units"])
     if t.ndim != 1 or u.shape != t.shape:
         raise SpecError(f"{where}: spike_times and unit_index must be 1-D of equal length, got "
                         f"{t.shape} and {u.shape}")
     if t.size == 0:
         raise SpecError(f"{where} holds no spikes")
     if not np.isfinite(t).all():
-        raise SpecError(f"{where}: spike_times hold NaN/inf (first at {int(np.argmax(~np.isfinite(t)))})")
+        first = int(np.argmax(~np.isfinite(t)))
+        raise SpecError(f"{where}: spike_times hold NaN/inf (first at {first})")
     if (t < 0).any():
         raise SpecError(f"{where}: spike_times must be >= 0 s, got {t.min():.6g}")
     if u.dtype.kind not in "iu" or u.min() < 0 or u.max() >= n:
@@ -207,20 +249,68 @@ def _read_npz_member(z: zipfile.ZipFile, key: str, where: str) -> np.ndarray:
     return a
 
 
+def _arrays(rec: SpikeRecording) -> dict[str, np.ndarray]:
+    """The arrays of the file format for ``rec`` (as :func:`save_spikes` writes them)."""
+    arrays = {"spike_times": np.asarray(rec.spike_times, dtype=np.float64),
+              "unit_index": np.asarray(rec.unit_index, dtype=np.int64),
+              "n_units": np.int64(rec.n_units), **rec.extra}
+    for k in ("event_times", "reaction_times", "aux_times", "aux_values"):
+        if getattr(rec, k) is not None:
+            arrays[k] = np.asarray(getattr(rec, k), dtype=np.float64)
+    return arrays
+
+
+def _write_checked(dst: str | os.PathLike, rec: SpikeRecording, where: str) -> SpikeRecording:
+    """Validate ``rec`` as :func:`load_spikes` would, then write it atomically at ``dst``
+    (a temporary file beside it, renamed into place): bad input writes nothing."""
+    import tempfile
+
+    out = Path(dst)
+    if out.suffix.lower() != ".npz":
+        raise SpecError(f"output '{os.fspath(dst)}' must end in .npz; expected a path for the "
+                        f"plain spike file")
+    if out.is_dir():
+        raise SpecError(f"output '{os.fspath(dst)}' is a directory; expected a path for the "
+                        f"plain spike .npz")
+    if not out.resolve().parent.is_dir():
+        raise SpecError(f"output folder '{out.resolve().parent}' not found; expected an "
+                        f"existing folder for '{os.fspath(dst)}'")
+    checked = _from_arrays(_arrays(rec), where)
+    fd, tmp = tempfile.mkstemp(dir=out.resolve().parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_spikes(tmp, checked)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return checked
+
+
+def _units_to_recording(per_unit: list[np.ndarray], **kw) -> SpikeRecording:
+    times = np.concatenate(per_unit)
+    units = np.concatenate([np.full(len(x), i, dtype=np.int64) for i, x in enumerate(per_unit)])
+    order = np.argsort(times, kind="stable")
+    return SpikeRecording(times[order], units[order], len(per_unit), **kw)
+
+
 def convert_nelpy_npz(src: str | os.PathLike, dst: str | os.PathLike) -> SpikeRecording:
     """One-off conversion of nelpy's parsed example (per-unit object array) to our format.
 
     The per-unit spike times are an object array, stored pickled. They are rebuilt by an
     unpickler that admits numpy's array classes only, so a crafted file cannot run code;
     use the plain ``dst`` file from then on. Keys: ``spike_times_s`` (object array of
-    per-unit times), ``pos_time_s``, ``pos_x_px``.
+    per-unit times), ``pos_time_s``, ``pos_x_px``. Nothing is written when the input is bad.
     """
+    from raybrain.data.matfile import file_state
+
     where = f"spike file '{os.fspath(src)}'"
+    file_state(src, where, "nelpy's parsed .npz (spike_times_s, pos_time_s, pos_x_px)")
     try:
         z = zipfile.ZipFile(src)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise SpecError(f"{where} could not be read as an .npz ({str(exc).splitlines()[0]}); "
-                        f"expected nelpy's parsed .npz") from None
+        raise SpecError(f"{where} is truncated or unreadable as an .npz "
+                        f"({str(exc).splitlines()[0]}); expected nelpy's parsed .npz") from None
     with z:
         names = {n[:-4] for n in z.namelist() if n.endswith(".npy")}
         missing = [k for k in ("spike_times_s", "pos_time_s", "pos_x_px") if k not in names]
@@ -231,16 +321,112 @@ def convert_nelpy_npz(src: str | os.PathLike, dst: str | os.PathLike) -> SpikeRe
             spikes = _read_npz_member(z, "spike_times_s", where)
             pos_t = np.asarray(_read_npz_member(z, "pos_time_s", where), dtype=np.float64)
             pos_x = np.asarray(_read_npz_member(z, "pos_x_px", where), dtype=np.float64)
-        except (ValueError, OSError, zipfile.BadZipFile) as exc:
-            raise SpecError(f"{where} could not be read ({str(exc).splitlines()[0]})") from None
-    per_unit = [np.asarray(x, dtype=np.float64) for x in spikes.ravel()]
-    times = np.concatenate(per_unit)
-    units = np.concatenate([np.full(len(x), i) for i, x in enumerate(per_unit)])
-    order = np.argsort(times, kind="stable")
-    rec = SpikeRecording(times[order], units[order], len(per_unit), aux_times=pos_t,
-                         aux_values=pos_x)
-    save_spikes(dst, rec)
-    return load_spikes(dst)
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+            raise SpecError(f"{where} is truncated or unreadable ({str(exc).splitlines()[0]})") \
+                from None
+    per_unit = [np.asarray(x, dtype=np.float64).ravel() for x in spikes.ravel()]
+    if not per_unit:
+        raise SpecError(f"{where}: spike_times_s holds no units")
+    rec = _units_to_recording(per_unit, aux_times=pos_t, aux_values=pos_x)
+    return _write_checked(dst, rec, where)
+
+
+def convert_mat_spikes(src: str | os.PathLike, dst: str | os.PathLike,
+                       key: str | None = None) -> tuple[SpikeRecording, str]:
+    """Per-cell spike times in a MATLAB file -> the plain spike format, once.
+
+    Parameters
+    ----------
+    src : str or os.PathLike
+        A ``.mat`` (v5-v7 or v7.3) whose variable holds one spike-time vector per cell:
+        a cell array of vectors (nested cells are descended), or structs with a field of
+        spike times (name it with a field path, e.g. ``key="spikes.time"`` for MatClust's
+        ``spikes{day}{epoch}{tetrode}{cell}.time``). Times are taken as seconds.
+    dst : str or os.PathLike
+        The plain ``.npz`` to write (see the module docstring); written only when the input
+        is valid.
+    key : str or None
+        Variable or field path (:mod:`raybrain.data.matfile`); None: the only variable.
+
+    Returns
+    -------
+    rec : SpikeRecording
+        As written: one unit per non-empty vector, in MATLAB's order. Each unit's origin
+        (e.g. ``spikes{1}{1}{3}{2}.time``) is kept in the extra key ``unit_origin``.
+    note : str
+        Where the units came from and how many empty entries (absent cells, or cells
+        without spikes) were skipped.
+
+    Raises
+    ------
+    SpecError
+        One line: unreadable file, missing or ambiguous key (a struct's fields and sizes
+        are listed), an entry that is not a vector, no spikes at all, or an invalid result.
+    """
+    where = f"spike file '{os.fspath(src)}'"
+    rec, note = read_mat_spikes(src, key)
+    return _write_checked(dst, rec, where), note
+
+
+def read_mat_spikes(src: str | os.PathLike, key: str | None = None) -> tuple[SpikeRecording, str]:
+    """Per-cell spike times of a ``.mat`` file as a validated recording, nothing written.
+
+    Same input, key and result as :func:`convert_mat_spikes` (which writes it).
+    """
+    from raybrain.data.matfile import file_state, mat_leaves
+
+    where = f"spike file '{os.fspath(src)}'"
+    file_state(src, where, "a .mat file holding per-cell spike times")
+    leaves = mat_leaves(src, key, where)
+    per_unit, origins, absent, silent = [], [], 0, 0
+    for leaf in leaves:
+        if leaf.kind == "empty":
+            absent += leaf.absent
+            silent += not leaf.absent
+            continue
+        arr = np.asarray(leaf.read())
+        if arr.ndim > 2 or (arr.ndim == 2 and min(arr.shape) > 1):
+            raise SpecError(f"{where}: {leaf.origin} is a {'x'.join(map(str, arr.shape))} array; "
+                            f"expected one vector of spike times per cell (a cell array of "
+                            f"vectors, or a struct field holding them)")
+        per_unit.append(arr.astype(np.float64).ravel())
+        origins.append(leaf.origin)
+    if not per_unit:
+        raise SpecError(f"{where}: key {key or '(the only variable)'!r} reaches "
+                        f"{len(leaves)} entries, all empty; expected spike times")
+    rec = _from_arrays(_arrays(_units_to_recording(
+        per_unit, extra={"unit_origin": np.array(origins)})), where)
+    skipped = [f"{absent} absent entries"] * bool(absent) + \
+        [f"{silent} cells without spikes"] * bool(silent)
+    note = (f"{len(per_unit)} spike-time vectors {origins[0]} .. {origins[-1]}"
+            + (f" ({' and '.join(skipped)} skipped)" if skipped else ""))
+    return rec, note
+
+
+def convert_spikes(src: str | os.PathLike, dst: str | os.PathLike,
+                   key: str | None = None) -> tuple[SpikeRecording, str]:
+    """``raybrain data convert-spikes``: a ``.mat`` through :func:`convert_mat_spikes`, an
+    ``.npz`` (nelpy's parsed layout) through :func:`convert_nelpy_npz`.
+
+    Returns
+    -------
+    rec : SpikeRecording
+    note : str
+        What was converted.
+    """
+    suffix = Path(src).suffix.lower()
+    if os.path.abspath(src) == os.path.abspath(dst):
+        raise SpecError(f"output '{os.fspath(dst)}' is the input file; expected a new path")
+    if suffix == ".mat":
+        return convert_mat_spikes(src, dst, key)
+    if suffix == ".npz":
+        if key is not None:
+            raise SpecError(f"--key {key!r} applies to .mat files; '{os.fspath(src)}' is a "
+                            f"nelpy-style .npz read by its fixed keys")
+        rec = convert_nelpy_npz(src, dst)
+        return rec, f"{rec.n_units} per-unit arrays of spike_times_s, position from pos_x_px"
+    raise SpecError(f"spike file '{os.fspath(src)}' has suffix {suffix or '(none)'!r}; expected "
+                    f".mat (per-cell spike times) or .npz (nelpy's parsed layout)")
 
 
 def bin_rates(rec: SpikeRecording, bin_s: float, t_start: float | None = None,

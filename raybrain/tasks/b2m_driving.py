@@ -244,6 +244,7 @@ class B2MDriving(Task):
                         "alpha": 0.2}}
 
     def check_data(self, data: DrivingData, params: dict[str, Any]) -> None:
+        from raybrain.data.driving import frames_header
         from raybrain.data.eeg import EEG_SUFFIXES, _suffix
 
         latents = params.get("latent_dim", [self.params["latent_dim"].default])
@@ -254,6 +255,7 @@ class B2MDriving(Task):
             if _suffix(Path(s.eeg)) not in EEG_SUFFIXES:
                 raise SpecError(f"data.sessions eeg file '{s.eeg}' has an unsupported suffix; "
                                 f"expected one of {sorted(EEG_SUFFIXES)}")
+            frames_header(Path(s.frames).expanduser())  # shape and dtype from the header only
         if data.source == "synthetic" and data.projection == "none":
             bad = [d for d in latents if int(d) != 64]
             if bad:

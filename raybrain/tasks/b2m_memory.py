@@ -222,15 +222,16 @@ class B2MMemory(Task):
     def check_data(self, data: MemoryData, params: dict[str, Any]) -> None:
         embed_dims = params.get("embed_dim", [self.params["embed_dim"].default])
         if data.source == "spikes":
-            from raybrain.data.spikes import load_spikes
+            from raybrain.data.memory_spikes import check_memory_sessions
 
             bad = [int(d) for d in embed_dims if int(d) != data.cebra_dimension]
             if bad:
                 raise SpecError(f"params.embed_dim {bad[0]} differs from data.cebra_dimension "
                                 f"{data.cebra_dimension}; the model's embedding must match the "
                                 f"CEBRA embedding it is aligned with")
-            for f in data.spikes:
-                load_spikes(f)
+            # what preparation will need, from key lists and small arrays (no CEBRA here)
+            check_memory_sessions(data.spikes, output_dimension=data.cebra_dimension,
+                                  pre_s=data.pre_s)
         if data.source == "npz":
             for dim in embed_dims:
                 load_memory_npz(data.path, data.task_config(), expected_dim=int(dim))
