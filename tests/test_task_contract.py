@@ -210,3 +210,28 @@ def test_tasks_outside_the_package_register_through_entry_points(tmp_path):
                          capture_output=True, text=True,
                          env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}, timeout=600)
     assert out.returncode != 0 and "task entry point 'broken'" in out.stderr
+
+
+GROUP_TASKS = [n for n in TASKS if type(tasks.get(n)).build_group is not
+               tasks.Task.build_group]
+
+
+@pytest.mark.parametrize("name", GROUP_TASKS)
+def test_a_vectorised_group_gives_each_run_its_numbers(name, loaded):
+    """Tasks with a vectorised path: each member of a group trains as its run alone (to
+    rounding), and its checkpoint is a run's checkpoint."""
+    task, params, data = loaded(name)
+    members = [("real", 0), ("shuffled", 1), (None, 2)]
+    group = task.build_group(data, params, members)
+    alone = [task.build(data, params, src, seed) for src, seed in members]
+    trained, evaluated = group.train_epoch([0, 1, 2]), group.evaluate([0, 1, 2])
+    for k, run in enumerate(alone):
+        want = {**run.train_epoch(), **run.evaluate()}
+        got = {**trained[k], **evaluated[k]}
+        assert set(got) == set(want)
+        for key in want:
+            assert got[key] == pytest.approx(want[key], rel=1e-3, abs=1e-3), key
+    for k, (src, seed) in enumerate(members):
+        run = task.build(data, params, src, seed)
+        run.load_state_dict(group.members[k].state_dict())
+        assert run.epoch == 1

@@ -10,6 +10,7 @@ a Ray Train worker, and directly in-process (unit tests, benchmarks).
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -55,14 +56,26 @@ class RunProgress:
 
     def step(self, shard: tuple[int, int] = (0, 1)) -> dict[str, float]:
         """Train and evaluate one epoch; returns that epoch's metrics (with ``epoch``)."""
-        metrics = dict(self.run.train_epoch(shard))
-        if not all(math.isfinite(v) for v in metrics.values()):
+        return self.absorb(self.run.train_epoch(shard), self.run.evaluate)
+
+    @staticmethod
+    def finite(train_metrics: dict[str, float]) -> bool:
+        return all(math.isfinite(v) for v in train_metrics.values())
+
+    def absorb(self, train_metrics: dict[str, float], evaluate) -> dict[str, float]:
+        """Record an epoch trained elsewhere (alone, or in a vectorised group).
+
+        ``evaluate()`` gives the held-out metrics; it is not called when a loss came out
+        non-finite (the run diverged and stops).
+        """
+        metrics = dict(train_metrics)
+        if not self.finite(metrics):
             # non-finite loss: the run cannot recover; stop it and flag it
             self.diverged = True
             metrics.update({k: float("nan") for k in (self.primary,
                                                       validation_metric(self.primary))})
         else:
-            metrics.update(self.run.evaluate())
+            metrics.update(evaluate())
             self._store_artifacts()
         for k, v in metrics.items():
             self.history.setdefault(k, []).append(float(v))
@@ -167,15 +180,45 @@ class ConfigExecutor:
     runs : list[RunSpec]
     primary : str
     device : str
+    sink : callable, optional
+        Stores the arrays runs keep (see :mod:`raybrain.sweep.arrays`).
+    vectorise : bool
+        Train runs that share their params (seeds of an arm, the brain-dependent arms of a
+        config) as one group when the task has a vectorised path (``Task.build_group``);
+        each run keeps its own progress, records and checkpoint.
     """
 
     def __init__(self, task, data, runs: list[RunSpec], primary: str, device: str = "cpu",
-                 sink=None):
-        self.progress = [
-            RunProgress(r, task.build(data, r.params, r.brain_source, r.seed, device), primary,
-                        divergence_rule(task), task.primary_mode, task.artifact_every, sink)
-            for r in runs
-        ]
+                 sink=None, vectorise: bool = False):
+        self.task, self.data, self.device = task, data, device
+        self._make = lambda r, run: RunProgress(r, run, primary, divergence_rule(task),
+                                                task.primary_mode, task.artifact_every, sink)
+        self.progress: list[RunProgress] = []
+        #: (group, indices into ``progress`` of its members)
+        self.groups: list[tuple[Any, list[int]]] = []
+        by_params: dict[str, list[RunSpec]] = {}
+        for r in runs:
+            by_params.setdefault(json.dumps(r.params, sort_keys=True, default=str), []).append(r)
+        for members in by_params.values():
+            group = None
+            if vectorise and len(members) > 1:
+                group = task.build_group(data, members[0].params,
+                                         [(r.brain_source, r.seed) for r in members], device)
+            if group is None:
+                for r in members:
+                    self.progress.append(self._make(r, task.build(
+                        data, r.params, r.brain_source, r.seed, device)))
+                continue
+            start = len(self.progress)
+            self.progress += [self._make(r, m) for r, m in zip(members, group.members)]
+            self.groups.append((group, list(range(start, len(self.progress)))))
+        grouped = {i for _, idx in self.groups for i in idx}
+        self.alone = [i for i in range(len(self.progress)) if i not in grouped]
+
+    @property
+    def vectorised(self) -> int:
+        """How many runs train in vectorised groups."""
+        return sum(len(idx) for _, idx in self.groups)
 
     @property
     def done(self) -> bool:
@@ -191,10 +234,25 @@ class ConfigExecutor:
         Returns one record per run stepped: ``{"key", "run", "epoch", "metrics", "done",
         "summary"}`` (``summary`` only once the run is done). A run whose training raises
         is marked failed (its record carries ``"failed": "ExcType: message"``) and the
-        other runs go on.
+        other runs go on; in a vectorised group, an error fails the group's unfinished runs.
         """
         records = []
-        for p in self.progress:
+        for group, idx in self.groups:
+            active = [k for k, i in enumerate(idx) if not self.progress[i].done]
+            if not active:
+                continue
+            try:
+                trained = group.train_epoch(active)
+                ok = [k for k in active if RunProgress.finite(trained[k])]
+                evaluated = group.evaluate(ok) if ok else {}
+            except Exception as exc:  # the group's runs fail together; the others go on
+                records += [self.progress[idx[k]].fail(exc) for k in active]
+                continue
+            for k in active:
+                p = self.progress[idx[k]]
+                records.append(p.record(p.absorb(trained[k], lambda k=k: evaluated[k])))
+        for i in self.alone:
+            p = self.progress[i]
             if p.done:
                 continue
             try:
@@ -213,6 +271,19 @@ class ConfigExecutor:
         return {p.spec.key: p.state() for p in self.progress}
 
     def restore(self, state: dict[str, Any]) -> None:
+        """Restore every run; a group whose unfinished runs were checkpointed at different
+        epochs (e.g. trained alone before) is first split into runs trained alone."""
+        for group, idx in list(self.groups):
+            saved = [state.get(self.progress[i].spec.key) for i in idx]
+            epochs = {int(st["run"]["epoch"]) if st else 0 for st in saved
+                      if not (st and (st.get("diverged") or st.get("failed") or st.get("stopped")))}
+            if len(epochs) > 1:
+                self.groups.remove((group, idx))
+                for i in idx:
+                    r = self.progress[i].spec
+                    self.progress[i] = self._make(r, self.task.build(
+                        self.data, r.params, r.brain_source, r.seed, self.device))
+                self.alone = sorted(self.alone + idx)
         for p in self.progress:
             if p.spec.key in state:
                 p.restore(state[p.spec.key])

@@ -60,7 +60,8 @@ class _Stage:
     def run_config(self, searched: dict[str, Any]) -> float:
         runs = plan_trial_runs(self.ctx, searched)
         todo = [r for r in runs if r.key not in self.done]
-        ex = ConfigExecutor(self.task, self.data, todo, self.task.primary_metric)
+        ex = ConfigExecutor(self.task, self.data, todo, self.task.primary_metric,
+                            vectorise=bool(self.spec.resources.vectorise))
         while not ex.done:
             for rec in ex.step():
                 self.latest[rec["key"]] = rec["metrics"]

@@ -50,7 +50,9 @@ class SweepPlan:
                  "execution: " + ("decided at start (use_gpu: auto)" if s.resources.use_gpu == "auto"
                                   and not self.use_train else
                                   "Ray Train TorchTrainer per run" if self.use_train else
-                                  "in-process per trial")
+                                  "in-process per trial" + (
+                                      ", seeds vectorised where the task can"
+                                      if s.resources.vectorise else ""))
                  + f" ({s.resources.num_workers} worker(s), use_gpu={s.resources.use_gpu})"]
         if self.configs is not None:
             for i, c in enumerate(self.configs):

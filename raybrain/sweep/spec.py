@@ -92,6 +92,10 @@ class ResourcesSpec(_Strict):
     #: how many configs train at once (default: as many as the cluster can hold, counting
     #: the nodes its autoscaler may still add)
     max_concurrent_trials: int | None = Field(None, ge=1)
+    #: train the runs of a config that share their params (the seeds of an arm, the brain,
+    #: shuffled and noise arms) as one batch of models, when the task can and runs train
+    #: in-process: "auto" (default) or true: where the task can; false: each run alone
+    vectorise: bool | Literal["auto"] = "auto"
 
 
 class TrackingSpec(_Strict):

@@ -19,6 +19,7 @@ from typing import Any, Callable
 from raybrain.errors import SpecError, SweepFailed, SweepInterrupted, TrackingUnavailable
 from raybrain.sweep import storage as st
 from raybrain.sweep.plan import SweepPlan, choose_configs, search_setup
+from raybrain.tasks.base import Task
 
 
 @dataclass
@@ -69,8 +70,16 @@ class StageRunner:
         self.capacity = capacity(autoscaling=not local)
         self.use_gpu = resolve_use_gpu(res.use_gpu, self.capacity, local)
         self.use_train = res.num_workers > 1 or self.use_gpu
+        can_group = type(self.task).build_group is not Task.build_group
+        self.vectorise = bool(res.vectorise) and can_group and not self.use_train
         self.execution = (f"ray-train TorchTrainer per run (num_workers={res.num_workers}, "
-                          f"use_gpu={self.use_gpu})" if self.use_train else "in-process per trial")
+                          f"use_gpu={self.use_gpu})" if self.use_train else
+                          "in-process per trial, runs that share their params vectorised "
+                          "(one batch of models)" if self.vectorise else "in-process per trial")
+        if res.vectorise is True and not self.vectorise:
+            out(f"resources.vectorise is true but "
+                + ("runs train as TorchTrainers" if self.use_train else
+                   f"task {self.task.name!r} has no vectorised path") + ": each run trains alone")
         if self.use_gpu and self.capacity.get("GPU", 0.0) == 0:
             out("the cluster has no GPU node now: GPU runs wait as pending demand, which an "
                 "autoscaler answers by adding GPU workers")
@@ -118,7 +127,8 @@ class StageRunner:
                 "ledger": self._ledger(plan, name), "use_train": self.use_train,
                 "num_workers": res.num_workers, "use_gpu": self.use_gpu,
                 "cpus_per_run": res.cpus_per_run, "gpus_per_worker": res.gpus_per_worker,
-                "run_max_failures": spec.storage.run_max_failures, "storage": str(self.storage)}
+                "run_max_failures": spec.storage.run_max_failures, "storage": str(self.storage),
+                "vectorise": self.vectorise}
 
     # -- a stage ----------------------------------------------------------------------
     def run(self, plan: SweepPlan, name: str) -> StageStatus:

@@ -77,7 +77,8 @@ def config_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     from raybrain.sweep.arrays import storage_sink
 
     executor = ConfigExecutor(task, data, runs, ctx["primary_metric"],
-                              sink=storage_sink(ctx["storage"], ctx["sweep"]))
+                              sink=storage_sink(ctx["storage"], ctx["sweep"]),
+                              vectorise=ctx.get("vectorise", False))
     node_id = ray.get_runtime_context().get_node_id()
     latest: dict[str, dict[str, float]] = {}
     done: set[str] = set()

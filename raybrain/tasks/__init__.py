@@ -22,7 +22,8 @@ import importlib
 import pkgutil
 
 from raybrain.registry import Registry
-from raybrain.tasks.base import BRAIN_SOURCES, Param, Task, TaskRun, TorchRun, validation_metric
+from raybrain.tasks.base import (BRAIN_SOURCES, Param, RunGroup, Task, TaskRun, TorchRun,
+                                 validation_metric)
 
 TASKS: Registry[type[Task]] = Registry("task")
 ENTRY_POINT_GROUP = "raybrain.tasks"
@@ -87,5 +88,6 @@ def load_entry_points() -> list[str]:
     return loaded
 
 
-__all__ = ["BRAIN_SOURCES", "ENTRY_POINT_GROUP", "Param", "Task", "TaskRun", "TASKS", "TorchRun",
+__all__ = ["BRAIN_SOURCES", "ENTRY_POINT_GROUP", "Param", "RunGroup", "Task", "TaskRun", "TASKS",
+           "TorchRun",
            "get", "load_all", "names", "register", "validation_metric"]

@@ -304,15 +304,33 @@ class B2MMemory(Task):
     def build(self, data: MemoryTaskData, params: dict[str, Any], brain_source: str | None,
               seed: int, device: str = "cpu") -> "MemoryRun":
         p = {**self.defaults(), **params}
+        self.build_checks(data, p, brain_source)
+        return MemoryRun(data, p, brain_source, seed, device)
+
+    def build_group(self, data: MemoryTaskData, params: dict[str, Any],
+                    members: list[tuple[str | None, int]], device: str = "cpu"):
+        """The members trained as one stack of GRUs (see :mod:`raybrain.tasks.memory_group`)."""
+        from raybrain.tasks.memory_group import MemoryGroup
+
+        p = {**self.defaults(), **params}
+        for src, seed in members:
+            self.build_checks(data, p, src)
+        return MemoryGroup(data, p, members, device)
+
+    def build_checks(self, data: MemoryTaskData, p: dict[str, Any], brain_source) -> None:
         if p["embed_dim"] != data.brain_steps.shape[-1]:
             raise SpecError(f"brain embedding dimension {data.brain_steps.shape[-1]} differs "
                             f"from the model's embedding dimension {p['embed_dim']}")
         self.check_run_params(p, brain_source)
-        return MemoryRun(data, p, brain_source, seed, device)
 
 
 class MemoryRun(TorchRun):
-    """One GRU trained on the memory task (see :class:`B2MMemory`)."""
+    """One GRU trained on the memory task (see :class:`B2MMemory`).
+
+    The per-batch loss, the scoring and the alignment are module functions shared with the
+    vectorised replicates (:class:`raybrain.tasks.memory_group.MemoryGroup`), which train
+    several such runs as one stack of models with the same numbers.
+    """
 
     def __init__(self, data: MemoryTaskData, p: dict[str, Any], brain_source: str | None,
                  seed: int, device: str):
@@ -325,44 +343,18 @@ class MemoryRun(TorchRun):
 
     # -- training ---------------------------------------------------------------------
     def _train_epoch(self, shard: tuple[int, int]) -> dict[str, float]:
-        rank, world = shard
         tr = self.data.train
-        order = torch.randperm(len(tr), generator=self.order_rng)
-        if world > 1:
-            # equal shards (padded by wrapping around), so every data-parallel rank takes
-            # the same number of optimiser steps and gradient all-reduces never wait forever
-            pad = (-len(order)) % world
-            order = torch.cat([order, order[:pad]])[rank::world]
-        bs = int(self.p["batch_size"])
         self.model.train()
         sums = {"task_loss": 0.0, "transfer_loss": 0.0, "loss": 0.0}
         n_batches = 0
-        for start in range(0, len(order), bs):
-            idx = order[start:start + bs]
-            t_max = int(tr.lengths_t[idx].max())
-            x = tr.inputs[idx, :t_max].to(self.device)
-            rmask = tr.response_mask[idx, :t_max].to(self.device)
-            rtarget = tr.response_target[idx, :t_max].to(self.device)
-            bmask = tr.brain_mask[idx, :t_max].to(self.device)
-            out, emb = self.model(x)
-            task_loss = torch.mean((out[rmask] - rtarget[rmask]) ** 2)
-            temperature = float(self.p["temperature"])
-            if self.alpha > 0:
-                target = self.brain_target[idx, :t_max].to(self.device)
-                transfer = self.transfer_fn(emb, target, bmask, temperature)
-                loss = mix_losses(task_loss, transfer, self.alpha)
-                transfer_value = float(transfer.detach())
-            else:
-                loss = task_loss
-                with torch.no_grad():
-                    real = self.brain_real[idx, :t_max].to(self.device)
-                    transfer_value = float(self.transfer_fn(emb.detach(), real, bmask, temperature))
+        for idx in epoch_batches(self, shard):
+            b = training_batch(tr, idx, self.device)
+            out, emb = self.model(b.x)
+            loss, task_loss, transfer_value = batch_loss(self, out, emb, b)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            sums["task_loss"] += float(task_loss.detach())
-            sums["transfer_loss"] += transfer_value
-            sums["loss"] += float(loss.detach())
+            add_batch(sums, loss, task_loss, transfer_value)
             n_batches += 1
         self.epoch += 1
         return {k: v / max(n_batches, 1) for k, v in sums.items()}
@@ -372,24 +364,11 @@ class MemoryRun(TorchRun):
     def _score(self, split: EncodedSplit, chunk: int = 256) -> tuple[float, float]:
         """Accuracy (sign agreement per step) and task loss on ``split``."""
         self.model.eval()
-        correct = total = 0
-        sq = 0.0
-        n_bins = 0
-        rb = self.data.cfg.response_bins
-        for s in range(0, len(split), chunk):
-            sl = slice(s, s + chunk)
-            t_max = int(split.lengths_t[sl].max())
+        tally = [0, 0, 0.0, 0]
+        for sl, t_max in eval_chunks(split, chunk):
             out, _ = self.model(split.inputs[sl, :t_max].to(self.device))
-            mask = split.response_mask[sl, :t_max].to(self.device)
-            target = split.response_target[sl, :t_max].to(self.device)
-            o, t = out[mask], target[mask]
-            sq += float(((o - t) ** 2).sum())
-            n_bins += o.numel()
-            # the response bins of a step are contiguous: average them per step
-            o_step, t_step = o.view(-1, rb).mean(1), t.view(-1, rb)[:, 0]
-            correct += int((torch.sign(o_step) == t_step).sum())
-            total += o_step.numel()
-        return correct / total, sq / n_bins
+            score_chunk(tally, out, split, sl, t_max, self.data.cfg.response_bins, self.device)
+        return tally[0] / tally[1], tally[2] / tally[3]
 
     def evaluate(self) -> dict[str, float]:
         test_acc, test_loss = self._score(self.data.test)
@@ -399,40 +378,125 @@ class MemoryRun(TorchRun):
 
     @torch.no_grad()
     def _alignment(self) -> dict[str, float]:
-        """Alignment of the embedding with the real brain on held-out steps (every arm).
-
-        Always against the real (unshuffled) brain, whatever the run's brain source.
-
-        - ``align_cka``/``align_rsa``: per step. Each held-out step's embedding and brain
-          embedding are averaged over the step's bins, and linear CKA / RSA (Spearman of
-          correlation-distance RDMs) compare the steps. Every step shares the same
-          within-step time course, which averaging removes, so these measure the
-          step-to-step correspondence the brain term carries: they separate brain from
-          shuffled runs on informative brain data and not on null data.
-        - ``align_cka_bins``/``align_rsa_bins``: over time bins (at most
-          ``diagnostic_bins``). Dominated by the within-step time course that every arm
-          learns (shuffled and noise targets keep it), so they cannot tell brain from
-          shuffled; kept to show how much of the embedding is that time course.
-        """
+        """Alignment with the real brain on held-out steps (see :func:`alignment`)."""
         held = self.data.heldout
         self.model.eval()
         t_max = int(held.lengths_t.max())
         _, emb = self.model(held.inputs[:, :t_max].to(self.device))
-        emb = emb.cpu()
-        mask = held.brain_mask[:, :t_max]
-        names = ("align_rsa", "align_cka", "align_rsa_bins", "align_cka_bins")
-        if not bool(torch.isfinite(emb[mask]).all()):
-            return dict.fromkeys(names, float("nan"))
-        brain = self.data.heldout_brain[:, :t_max]
-        model_pts = emb[mask][self.data.diag_index].numpy()
-        brain_pts = brain[mask][self.data.diag_index].numpy()
-        bins = self.data.cfg.bins_per_step
-        model_steps = _step_means(emb, mask, bins)
-        brain_steps = _step_means(brain, mask, bins)
-        return {"align_rsa": rsa(model_steps, brain_steps),
-                "align_cka": linear_cka(model_steps, brain_steps),
-                "align_rsa_bins": rsa(model_pts, brain_pts),
-                "align_cka_bins": linear_cka(model_pts, brain_pts)}
+        return alignment(self.data, emb.cpu(), t_max)
+
+
+@dataclass
+class Batch:
+    """One training batch of a run: episode indices and their tensors cut to ``t_max``."""
+
+    idx: torch.Tensor
+    t_max: int
+    x: torch.Tensor
+    rmask: torch.Tensor
+    rtarget: torch.Tensor
+    bmask: torch.Tensor
+
+
+def epoch_batches(run, shard: tuple[int, int] = (0, 1)) -> list[torch.Tensor]:
+    """The run's batches of training episodes for one epoch (its own data order)."""
+    rank, world = shard
+    order = torch.randperm(len(run.data.train), generator=run.order_rng)
+    if world > 1:
+        # equal shards (padded by wrapping around), so every data-parallel rank takes the
+        # same number of optimiser steps and gradient all-reduces never wait forever
+        pad = (-len(order)) % world
+        order = torch.cat([order, order[:pad]])[rank::world]
+    bs = int(run.p["batch_size"])
+    return [order[start:start + bs] for start in range(0, len(order), bs)]
+
+
+def training_batch(tr: EncodedSplit, idx: torch.Tensor, device) -> Batch:
+    t_max = int(tr.lengths_t[idx].max())
+    return Batch(idx, t_max, tr.inputs[idx, :t_max].to(device),
+                 tr.response_mask[idx, :t_max].to(device),
+                 tr.response_target[idx, :t_max].to(device),
+                 tr.brain_mask[idx, :t_max].to(device))
+
+
+def batch_loss(run, out: torch.Tensor, emb: torch.Tensor, b: Batch):
+    """``(loss, task loss, transfer value)`` of a run's batch.
+
+    ``out`` (batch, t_max), ``emb`` (batch, t_max, E). The task loss is the MSE at the
+    response bins; with alpha > 0 the loss mixes in the transfer term to the run's brain
+    targets, else the transfer value is measured against the real brain (not trained on).
+    """
+    task_loss = torch.mean((out[b.rmask] - b.rtarget[b.rmask]) ** 2)
+    temperature = float(run.p["temperature"])
+    if run.alpha > 0:
+        target = run.brain_target[b.idx, :b.t_max].to(b.x.device)
+        transfer = run.transfer_fn(emb, target, b.bmask, temperature)
+        return mix_losses(task_loss, transfer, run.alpha), task_loss, float(transfer.detach())
+    with torch.no_grad():
+        real = run.brain_real[b.idx, :b.t_max].to(b.x.device)
+        value = float(run.transfer_fn(emb.detach(), real, b.bmask, temperature))
+    return task_loss, task_loss, value
+
+
+def add_batch(sums: dict[str, float], loss, task_loss, transfer_value: float) -> None:
+    sums["task_loss"] += float(task_loss.detach())
+    sums["transfer_loss"] += transfer_value
+    sums["loss"] += float(loss.detach())
+
+
+def eval_chunks(split: EncodedSplit, chunk: int = 256):
+    """``(slice, t_max)`` of each evaluation chunk of ``split``."""
+    for s in range(0, len(split), chunk):
+        sl = slice(s, s + chunk)
+        yield sl, int(split.lengths_t[sl].max())
+
+
+def score_chunk(tally: list, out: torch.Tensor, split: EncodedSplit, sl: slice, t_max: int,
+                rb: int, device) -> None:
+    """Add one chunk's correct steps, steps, squared error and response bins to ``tally``."""
+    mask = split.response_mask[sl, :t_max].to(device)
+    target = split.response_target[sl, :t_max].to(device)
+    o, t = out[mask], target[mask]
+    tally[2] += float(((o - t) ** 2).sum())
+    tally[3] += o.numel()
+    # the response bins of a step are contiguous: average them per step
+    o_step, t_step = o.view(-1, rb).mean(1), t.view(-1, rb)[:, 0]
+    tally[0] += int((torch.sign(o_step) == t_step).sum())
+    tally[1] += o_step.numel()
+
+
+def alignment(data: MemoryTaskData, emb: torch.Tensor, t_max: int) -> dict[str, float]:
+    """Alignment of an embedding with the real brain on held-out steps (every arm).
+
+    ``emb`` (n_heldout, t_max, E): the model's embedding of the held-out episodes. Always
+    against the real (unshuffled) brain, whatever the run's brain source.
+
+    - ``align_cka``/``align_rsa``: per step. Each held-out step's embedding and brain
+      embedding are averaged over the step's bins, and linear CKA / RSA (Spearman of
+      correlation-distance RDMs) compare the steps. Every step shares the same within-step
+      time course, which averaging removes, so these measure the step-to-step
+      correspondence the brain term carries: they separate brain from shuffled runs on
+      informative brain data and not on null data.
+    - ``align_cka_bins``/``align_rsa_bins``: over time bins (at most ``diagnostic_bins``).
+      Dominated by the within-step time course that every arm learns (shuffled and noise
+      targets keep it), so they cannot tell brain from shuffled; kept to show how much of
+      the embedding is that time course.
+    """
+    held = data.heldout
+    mask = held.brain_mask[:, :t_max]
+    names = ("align_rsa", "align_cka", "align_rsa_bins", "align_cka_bins")
+    if not bool(torch.isfinite(emb[mask]).all()):
+        return dict.fromkeys(names, float("nan"))
+    brain = data.heldout_brain[:, :t_max]
+    model_pts = emb[mask][data.diag_index].numpy()
+    brain_pts = brain[mask][data.diag_index].numpy()
+    bins = data.cfg.bins_per_step
+    model_steps = _step_means(emb, mask, bins)
+    brain_steps = _step_means(brain, mask, bins)
+    return {"align_rsa": rsa(model_steps, brain_steps),
+            "align_cka": linear_cka(model_steps, brain_steps),
+            "align_rsa_bins": rsa(model_pts, brain_pts),
+            "align_cka_bins": linear_cka(model_pts, brain_pts)}
 
 
 def _step_means(x: torch.Tensor, mask: torch.Tensor, bins_per_step: int) -> np.ndarray:

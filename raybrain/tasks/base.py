@@ -141,6 +141,26 @@ class TaskRun(ABC):
         return {}
 
 
+class RunGroup(ABC):
+    """Runs that share their params, trained together (vectorised seed replicates).
+
+    ``members`` are :class:`TaskRun` views, one per run, whose ``state_dict`` has the format
+    of the task's run alone (so a checkpoint moves between the two). Each member gives the
+    numbers its run gives alone: same initialisation, data order, random streams and
+    optimiser, only computed as one batch of models.
+    """
+
+    members: list[TaskRun]
+
+    @abstractmethod
+    def train_epoch(self, active: list[int]) -> dict[int, dict[str, float]]:
+        """One epoch of the members ``active`` (indices); the others stay as they are."""
+
+    @abstractmethod
+    def evaluate(self, active: list[int]) -> dict[int, dict[str, float]]:
+        """Held-out metrics of the members ``active``, as each run's ``evaluate``."""
+
+
 class TorchRun(TaskRun):
     """A :class:`TaskRun` of one torch model, seeded and resumable.
 
@@ -303,6 +323,15 @@ class Task(ABC):
     def build(self, data: Any, params: dict[str, Any], brain_source: str | None,
               seed: int, device: str = "cpu") -> TaskRun:
         """Build one run. ``seed`` fixes model initialisation and data order."""
+
+    def build_group(self, data: Any, params: dict[str, Any],
+                    members: list[tuple[str | None, int]], device: str = "cpu"
+                    ) -> RunGroup | None:
+        """Runs with the same params and these ``(brain source, seed)`` trained together.
+
+        None (the default): the task has no vectorised path and each run trains alone.
+        """
+        return None
 
     def prepare(self, data: BaseModel) -> tuple[dict[str, Any] | None, list[str], list[str]]:
         """Prepare the brain data once, in the sweep's driver, before any trial starts.
