@@ -164,6 +164,10 @@ def _sweep(args: argparse.Namespace) -> int:
         for line in pre.notes:
             print(line)
         describe(pre, print)
+        if args.command == "sweep":  # --dry-run: what it would cost here
+            from raybrain.sweep.estimate import estimate
+
+            print(estimate(pre, args.num_cpus).describe())
         print(f"{args.spec}: valid")
         return 0
     result = run_sweep(spec, source=args.spec, address=args.address, num_cpus=args.num_cpus,

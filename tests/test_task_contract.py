@@ -212,8 +212,7 @@ def test_tasks_outside_the_package_register_through_entry_points(tmp_path):
     assert out.returncode != 0 and "task entry point 'broken'" in out.stderr
 
 
-GROUP_TASKS = [n for n in TASKS if type(tasks.get(n)).build_group is not
-               tasks.Task.build_group]
+GROUP_TASKS = [n for n in TASKS if tasks.get(n).can_vectorise]
 
 
 @pytest.mark.parametrize("name", GROUP_TASKS)

@@ -31,6 +31,11 @@ def finish(pre, tracker, out: Callable[[str], None]):
     except Exception as exc:  # the runs and the verdict are safe in MLflow already
         out(f"the report could not be written ({type(exc).__name__}: {exc}); "
             f"retry with: raybrain report {spec.name} --tracking-uri {spec.tracking.uri}")
+    peaks = [r.data.metrics.get("peak_memory_mb") for r in tracker.child_runs()]
+    peaks = [p for p in peaks if p]
+    if peaks:
+        tracker.client.set_tag(tracker.parent_id, "raybrain.peak_trial_memory_mb", f"{max(peaks):.1f}")
+        out(f"peak memory of a trial: {max(peaks):.0f} MiB (metric peak_memory_mb of each run)")
     tracker.close_parent("FINISHED")
     out(f"open the MLflow UI: raybrain ui --tracking-uri {spec.tracking.uri} "
         f"--experiment {spec.tracking.experiment} --sweep {spec.name}")

@@ -60,6 +60,7 @@ class ProgressPrinter(Callback):
         self.new_epochs = 0                  # trained since this process started
         self.first_new: float | None = None  # when the first of them arrived
         self.best: tuple[float, dict] | None = None
+        self.peak_mb = 0.0                   # the largest trial's peak memory so far
         self.trials: list = []               # Tune's trial list as last seen (statuses after fit)
         self._drawn = False
 
@@ -121,7 +122,8 @@ class ProgressPrinter(Callback):
             bar = f"[{'#' * n}{'-' * (20 - n)}] "
         return (f"{bar}{100 * frac:3.0f}% | {configs}epochs {done_epochs}/{self.total_epochs} | runs "
                 f"{len(self.done)}/{self.total_runs} done, {training} training, "
-                f"{len(self.failed)} failed | {_duration(elapsed)} elapsed, {left}{best}")
+                f"{len(self.failed)} failed | {_duration(elapsed)} elapsed, {left}"
+                + (f" | peak {self.peak_mb:.0f} MiB per trial" if self.peak_mb else "") + best)
 
     def draw(self, force: bool = False) -> None:
         now = time.time()
@@ -158,6 +160,7 @@ class ProgressPrinter(Callback):
         self.trials = trials
         self._records(result)
         self._objective(trial, result)
+        self.peak_mb = max(self.peak_mb, float(result.get("peak_memory_mb") or 0.0))
         self.draw()
 
     def on_trial_complete(self, iteration, trials, trial, **info):

@@ -19,7 +19,6 @@ from typing import Any, Callable
 from raybrain.errors import SpecError, SweepFailed, SweepInterrupted, TrackingUnavailable
 from raybrain.sweep import storage as st
 from raybrain.sweep.plan import SweepPlan, choose_configs, search_setup
-from raybrain.tasks.base import Task
 
 
 @dataclass
@@ -70,8 +69,7 @@ class StageRunner:
         self.capacity = capacity(autoscaling=not local)
         self.use_gpu = resolve_use_gpu(res.use_gpu, self.capacity, local)
         self.use_train = res.num_workers > 1 or self.use_gpu
-        can_group = type(self.task).build_group is not Task.build_group
-        self.vectorise = bool(res.vectorise) and can_group and not self.use_train
+        self.vectorise = bool(res.vectorise) and self.task.can_vectorise and not self.use_train
         self.execution = (f"ray-train TorchTrainer per run (num_workers={res.num_workers}, "
                           f"use_gpu={self.use_gpu})" if self.use_train else
                           "in-process per trial, runs that share their params vectorised "

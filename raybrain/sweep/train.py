@@ -61,9 +61,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # died before relaying some of them (the tracker skips epochs it already has)
             mark_resumed(replay)
             ray.train.report({"records": replay, "node_id": node_id})
+    from raybrain.sweep.trial import peak_memory_mb
+
     while not progress.done:
         metrics = progress.step(shard=(rank, world))
-        payload = {"records": [progress.record(metrics)], "node_id": node_id}
+        record = progress.record(metrics)
+        if record["done"]:
+            record["summary"]["peak_memory_mb"] = peak_memory_mb()
+        payload = {"records": [record], "node_id": node_id}
         if rank == 0:
             with tempfile.TemporaryDirectory() as d:
                 torch.save(progress.state(), os.path.join(d, "state.pt"))

@@ -94,12 +94,15 @@ def config_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     while not executor.done or replay:
         records = replay + (executor.step() if not executor.done else [])
         replay = []
+        peak = peak_memory_mb()
         for rec in records:
             rec["node_id"] = node_id
             latest[rec["key"]] = rec["metrics"]
             if rec["done"]:
                 done.add(rec["key"])
+                rec.setdefault("summary", {})["peak_memory_mb"] = peak
         metrics = trial_metrics(ctx, runs, latest, done, records, executor.epoch)
+        metrics["peak_memory_mb"] = peak
         if executor.epoch % every == 0 or executor.done:
             with tempfile.TemporaryDirectory() as d:
                 with open(os.path.join(d, "state.pkl"), "wb") as f:
@@ -108,3 +111,12 @@ def config_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
         else:
             tune.report(metrics)
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process so far (the trial's), in MiB."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)

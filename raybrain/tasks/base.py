@@ -324,6 +324,11 @@ class Task(ABC):
               seed: int, device: str = "cpu") -> TaskRun:
         """Build one run. ``seed`` fixes model initialisation and data order."""
 
+    @property
+    def can_vectorise(self) -> bool:
+        """Whether the task has a vectorised path (overrides :meth:`build_group`)."""
+        return type(self).build_group is not Task.build_group
+
     def build_group(self, data: Any, params: dict[str, Any],
                     members: list[tuple[str | None, int]], device: str = "cpu"
                     ) -> RunGroup | None:

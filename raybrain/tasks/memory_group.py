@@ -165,7 +165,9 @@ class MemoryGroup(RunGroup):
         _, emb = self.stack(x[None].expand(len(self.members), *x.shape))
         emb = emb.cpu()
         return {k: {"test_accuracy": test[k][0], "val_accuracy": val[k][0],
-                    "test_task_loss": test[k][1], **alignment(self.data, emb[k], t_max)}
+                    "test_task_loss": test[k][1],
+                    **alignment(self.data, emb[k], t_max,
+                                bins=self.members[k].epoch >= self.members[k].epochs)}
                 for k in active}
 
     # -- per-member optimiser state (a run's Adam state, sliced) -------------------------
