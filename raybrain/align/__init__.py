@@ -16,16 +16,33 @@ name           function                             B2M equation
 Alignment diagnostics (numpy/scipy, no gradient) live in :mod:`raybrain.align.diagnostics`:
 :func:`rdm`, :func:`rsa`, :func:`linear_cka`, :func:`subsample_items`.
 
+Structural alignment (the brain-in-the-loop method; torch + POT):
+
+- :mod:`raybrain.align.transport`: log-domain Sinkhorn plans through POT, the OT and CE
+  correspondence terms, dustbin, putative (mutual) matches;
+- :mod:`raybrain.align.gw`: Gromov-Wasserstein loss (envelope or fully unrolled) and
+  distance between RDMs;
+- :mod:`raybrain.align.neighbourhoods`: Gumbel K-neighbourhoods (straight-through) and the
+  local-structure cross-entropy;
+- :mod:`raybrain.align.concept_metrics`: matching rate, silhouette, one-shot accuracy.
+
 This package must not import ray, mlflow or optuna; torch is imported lazily inside the
 functions, so importing the package (e.g. to list the registry) does not load torch.
 """
 
 from __future__ import annotations
 
+from raybrain.align.concept_metrics import (one_shot_accuracy, permutation_null,
+                                            silhouette_by_category, topk_matching_rate)
 from raybrain.align.contrastive import info_nce
 from raybrain.align.diagnostics import linear_cka, rdm, rsa, subsample_items
+from raybrain.align.gw import gw_distance, gw_loss, gw_plan, normalise_cost
 from raybrain.align.latent import latent_mse, latent_transfer
 from raybrain.align.mixing import mix_losses
+from raybrain.align.neighbourhoods import (gumbel_topk, local_structure_ce,
+                                           neighbour_cross_entropy, neighbourhood_overlap)
+from raybrain.align.transport import (add_dustbin, correspondence_ce, ot_matching_loss,
+                                      putative_matches, sinkhorn_log_plan)
 from raybrain.registry import Registry
 
 TRANSFER_LOSSES: Registry = Registry("transfer loss")
@@ -34,12 +51,29 @@ TRANSFER_LOSSES.register("latent")(latent_transfer)
 
 __all__ = [
     "TRANSFER_LOSSES",
+    "add_dustbin",
+    "correspondence_ce",
+    "gumbel_topk",
+    "gw_distance",
+    "gw_loss",
+    "gw_plan",
     "info_nce",
     "latent_mse",
     "latent_transfer",
     "linear_cka",
+    "local_structure_ce",
     "mix_losses",
+    "neighbour_cross_entropy",
+    "neighbourhood_overlap",
+    "normalise_cost",
+    "one_shot_accuracy",
+    "ot_matching_loss",
+    "permutation_null",
+    "putative_matches",
     "rdm",
     "rsa",
+    "silhouette_by_category",
+    "sinkhorn_log_plan",
     "subsample_items",
+    "topk_matching_rate",
 ]
