@@ -7,7 +7,8 @@ import pytest
 from scipy.stats import spearmanr
 
 from raybrain.align.concept_metrics import cosine_distances, silhouette_by_category
-from raybrain.data.concepts import (THINGS48_FILES, build_concept_data, load_concept_data,
+from raybrain.data.concepts import (THINGS48_FILES, brain_control, build_concept_data,
+                                    load_concept_data,
                                     noise_brain, shuffle_brain, spectrum_surrogate,
                                     spectrum_surrogate_rdm, split_concepts, synthetic_concepts,
                                     things48)
@@ -109,6 +110,13 @@ def test_shuffle_and_noise_controls():
     nr = noise_brain(rdm_only, np.random.default_rng(0))
     assert nr.brain is None and nr.brain_rdm.shape == d.brain_rdm.shape
     assert abs(_rho(nr.brain_rdm, d.brain_rdm)) < 0.2
+    assert brain_control(d, "real", np.random.default_rng(0)) is d
+    np.testing.assert_array_equal(brain_control(d, "shuffled", np.random.default_rng(0)).brain,
+                                  s.brain)
+    np.testing.assert_array_equal(brain_control(d, "noise", np.random.default_rng(0)).brain,
+                                  n.brain)
+    with pytest.raises(SpecError, match="brain source must be one of"):
+        brain_control(d, "fake", np.random.default_rng(0))
 
 
 # --------------------------------------------------------------------------------- splits

@@ -92,7 +92,8 @@ def gumbel_topk(scores: torch.Tensor, k: int, tau: float = 1.0,
     tau : float
         Gumbel temperature > 0 (see the module docstring).
     generator : torch.Generator, optional
-        Source of the Gumbel noise (on the device of ``scores``), for reproducible draws.
+        Source of the Gumbel noise, for reproducible draws (on any device; the noise is
+        moved to that of ``scores``).
     noise : bool
         False gives the deterministic ``k`` nearest (no Gumbel noise), with the same
         straight-through relaxation.
@@ -114,8 +115,10 @@ def gumbel_topk(scores: torch.Tensor, k: int, tau: float = 1.0,
     k = check_k(k, scores.shape[0])
     logits = scores / t
     if noise:
-        u = torch.rand(scores.shape, dtype=scores.dtype, device=scores.device,
-                       generator=generator)
+        # draw on the generator's device (a CPU generator may serve CUDA scores)
+        where = scores.device if generator is None else generator.device
+        u = torch.rand(scores.shape, dtype=scores.dtype, device=where,
+                       generator=generator).to(scores.device)
         tiny = torch.finfo(scores.dtype).tiny
         minus_log_u = (-torch.log(u.clamp_min(tiny))).clamp_min(tiny)
         logits = logits - torch.log(minus_log_u)  # + Gumbel(0, 1) = -log(-log u)

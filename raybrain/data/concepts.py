@@ -39,7 +39,7 @@ import numpy as np
 from raybrain.errors import SpecError
 
 __all__ = ["ConceptData", "ConceptSplit", "synthetic_concepts", "split_concepts",
-           "shuffle_brain", "noise_brain", "spectrum_surrogate", "spectrum_surrogate_rdm",
+           "shuffle_brain", "noise_brain", "brain_control", "BRAIN_CONTROLS", "spectrum_surrogate", "spectrum_surrogate_rdm",
            "build_concept_data", "load_concept_data", "read_names", "read_category_table",
            "things48", "THINGS48_FILES"]
 
@@ -439,6 +439,26 @@ def noise_brain(data: ConceptData, rng: np.random.Generator) -> ConceptData:
                        info={**data.info, "control": "noise"})
     return replace(data, brain_rdm=spectrum_surrogate_rdm(data.brain_rdm, rng),
                    info={**data.info, "control": "noise"})
+
+
+#: Brain sources of the arms: the real data and the two controls.
+BRAIN_CONTROLS = ("real", "shuffled", "noise")
+
+
+def brain_control(data: ConceptData, source: str, rng: np.random.Generator) -> ConceptData:
+    """The training data of an arm: ``"real"`` (unchanged), ``"shuffled"``
+    (:func:`shuffle_brain`) or ``"noise"`` (:func:`noise_brain`).
+
+    Only the brain side changes. Evaluate every arm against the *real* data (the held-out
+    concepts' true brain RDM), never against its control.
+    """
+    if source == "real":
+        return data
+    if source == "shuffled":
+        return shuffle_brain(data, rng)
+    if source == "noise":
+        return noise_brain(data, rng)
+    raise SpecError(f"brain source must be one of {list(BRAIN_CONTROLS)}, got {source!r}")
 
 
 # ----------------------------------------------------------------------- user data glue

@@ -500,8 +500,16 @@ class BrainLoopModel(nn.Module):
     """Brain encoder + model adaptor + multiplex GNN, with the two steps' losses.
 
     Build with :meth:`for_data`. Training (the caller owns the optimiser(s)): for each
-    batch of :func:`iter_batches`, minimise :meth:`step1_loss`, then :meth:`step2_loss`
-    (the paper's alternating two-step optimisation); :meth:`evaluate` on held-out concepts.
+    batch of :meth:`batches`, minimise :meth:`step1_loss`, then :meth:`step2_loss`
+    (the paper's alternating two-step optimisation; the authors use Adam, lr 2e-5, over
+    all parameters); :meth:`evaluate` on held-out concepts.
+
+    Trainable state: ``state_dict()`` holds everything (submodules ``adaptor`` - the model
+    side -, ``brain_encoder``, ``gnn`` and, with ``dustbin=True``, ``dustbin_cost``); with
+    ``brain_weight = 0`` only ``adaptor`` receives gradients. All randomness of a step
+    (exemplar draws, Gumbel noise, feature dropout) comes from the numpy ``rng`` given to
+    :meth:`batches` (each batch carries a seed), so checkpointing that ``rng``, the
+    model and the optimiser state resumes a run exactly.
 
     Parameters
     ----------
