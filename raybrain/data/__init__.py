@@ -15,7 +15,10 @@ modules, which load MNE, CEBRA, h5py or nibabel only when used):
 - :mod:`raybrain.data.embeddings` - SPoSE embeddings and fMRI voxel arrays;
 - :mod:`raybrain.data.cache` - the prepared-data cache (atomic, built once);
 - :mod:`raybrain.data.driving`, :mod:`raybrain.data.driving_scenes` - the B2M driving
-  protocol's frame/EEG pairs, synthetic drives and procedural scenes.
+  protocol's frame/EEG pairs, synthetic drives and procedural scenes;
+- :mod:`raybrain.data.concepts` - concept-level brain and model data for the
+  brain-in-the-loop method: synthetic hierarchy (informative / null), user files, THINGS,
+  the shuffled and spectrum-surrogate controls.
 
 For CLIP-HBA:
 
