@@ -1,7 +1,8 @@
 """Sweep overhead: wall time of a sweep through Ray Tune + MLflow / ideal wall time.
 
 Ideal = the compute of every run of the spec, measured in this same process with one
-torch thread per run (as trials run), divided by the number of CPUs. The ratio says what
+torch thread (as trials run) and the same execution (seeds vectorised when the spec and
+task do), divided by the number of CPUs. The ratio says what
 Ray, Tune, trial start-up, checkpoints and MLflow writes cost on top of the training
 itself. Both are measured in one invocation, on the same machine state.
 
@@ -30,7 +31,8 @@ from raybrain.sweep.execute import ConfigExecutor  # noqa: E402
 
 
 def in_process_compute(spec) -> tuple[float, int]:
-    """Seconds to train every distinct run of a grid spec sequentially, one thread."""
+    """Seconds to train every distinct run of a grid spec in this process, one thread, the
+    way the sweep trains them (seeds vectorised when the spec and task do)."""
     torch.set_num_threads(1)
     task = tasks.get(spec.task)
     data = task.load_data(task.parse_data(spec.data), spec.data_seed)
@@ -40,7 +42,8 @@ def in_process_compute(spec) -> tuple[float, int]:
                                   spec.arms, spec.seed_list, spec.data_seed):
             runs[r.key] = r
     t0 = time.perf_counter()
-    ex = ConfigExecutor(task, data, list(runs.values()), task.primary_metric)
+    ex = ConfigExecutor(task, data, list(runs.values()), task.primary_metric,
+                        vectorise=bool(spec.resources.vectorise))
     while not ex.done:
         ex.step()
     return time.perf_counter() - t0, len(runs)
@@ -64,10 +67,18 @@ def main() -> None:
         wall = time.perf_counter() - t0
     ideal = compute / args.cpus
     print(f"spec: {Path(args.spec).name}  runs: {n_runs}  cpus: {args.cpus}")
-    print(f"in-process compute (1 thread, sequential): {compute:.1f} s")
+    print(f"in-process compute (1 thread):             {compute:.1f} s ({compute / n_runs:.2f} s per run)")
     print(f"ideal sweep wall time (compute / cpus):     {ideal:.1f} s")
     print(f"sweep wall time (Ray Tune + MLflow):        {wall:.1f} s")
     print(f"ratio sweep / ideal:                        {wall / ideal:.2f}")
+    import json
+
+    res = ROOT / "bench" / "results"
+    res.mkdir(parents=True, exist_ok=True)
+    with open(res / "sweep_overhead.json", "a") as f:
+        f.write(json.dumps({"spec": Path(args.spec).name, "runs": n_runs, "cpus": args.cpus,
+                            "compute_s": round(compute, 1), "ideal_s": round(ideal, 1),
+                            "sweep_s": round(wall, 1), "ratio": round(wall / ideal, 2)}) + "\n")
 
 
 if __name__ == "__main__":

@@ -76,17 +76,21 @@ def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
     trial_data, lines, brain_files = task.prepare(pre.data)
     for line in lines:
         out(line)
-    tracker = _open_tracking(pre, resume, out)
-    if spec.tracking.log_brain_data:
-        for path in brain_files:
-            tracker.client.log_artifact(tracker.parent_id, path, "brain_data")
     from raybrain.sweep import finalise
     from raybrain.sweep.session import RaySession
     from raybrain.sweep.stages import StageRunner, chosen_configs
 
+    # the MLflow store opens (created and migrated on first use: seconds) while Ray starts
+    opening = _Background(lambda: _open_tracking(pre, resume, out))
+    tracker = None
     try:
         with RaySession(address, num_cpus, dashboard, dashboard_host, out, verbose) as session:
             import ray
+
+            tracker = opening.result()
+            if spec.tracking.log_brain_data:
+                for path in brain_files:
+                    tracker.client.log_artifact(tracker.parent_id, path, "brain_data")
 
             runner = StageRunner(pre, tracker, sorted(tracker.finished_run_keys()), out,
                                  session=session, tty=interactive)
@@ -113,13 +117,43 @@ def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
                 raise finalise.failed(pre, tracker, status, out)
             table = finalise.finish(pre, tracker, out)
     except SweepInterrupted as intr:
-        finalise.interrupted(pre, tracker, out, intr.immediate)
+        finalise.interrupted(pre, tracker or opening.result(quiet=True), out, intr.immediate)
         raise
     except KeyboardInterrupt:  # e.g. the driver task of a Ray Client sweep, cancelled
-        finalise.interrupted(pre, tracker, out)
+        finalise.interrupted(pre, tracker or opening.result(quiet=True), out)
         raise SweepInterrupted(2) from None
+    except Exception:  # Ray did not start, MLflow gone, ...: the sweep is not left RUNNING
+        finalise.stopped_by_error(tracker or opening.result(quiet=True))
+        raise
+    finally:
+        opening.result(quiet=True)  # never leave the store half-opened behind
     return SweepResult(spec, tracker.parent_id, spec.tracking.uri, tracker.experiment_id,
                        table, time.time() - t0, chosen)
+
+
+class _Background:
+    """Run ``fn`` in a thread; :meth:`result` waits for it and re-raises its error."""
+
+    def __init__(self, fn):
+        import threading
+
+        self._value, self._error = None, None
+
+        def target():
+            try:
+                self._value = fn()
+            except BaseException as exc:  # handed to the caller of result()
+                self._error = exc
+
+        self._thread = threading.Thread(target=target, name="raybrain-open-tracking",
+                                        daemon=True)
+        self._thread.start()
+
+    def result(self, quiet: bool = False):
+        self._thread.join()
+        if self._error is not None and not quiet:
+            raise self._error
+        return self._value
 
 
 def describe(pre: Preflight, out: Callable[[str], None]) -> None:

@@ -69,3 +69,16 @@ def failed(pre, tracker, status, out: Callable[[str], None]) -> SweepFailed:
     return SweepFailed(f"sweep {pre.spec.name!r} failed: {len(errors)} config(s) failed beyond "
                        f"their retries (first error: {first}); no verdict was written; fix "
                        f"the cause, then resume with: {pre.resume_command}")
+
+
+def stopped_by_error(tracker) -> None:
+    """The sweep stopped on an error: a parent run still RUNNING is closed FAILED (best
+    effort: MLflow itself may be what failed; a resume re-opens it)."""
+    if tracker is None or tracker.parent_id is None:
+        return
+    try:
+        if tracker.client.get_run(tracker.parent_id).info.status == "RUNNING":
+            tracker.mark_unfinished("FAILED", "the sweep stopped on an error")
+            tracker.close_parent("FAILED")
+    except Exception:
+        pass

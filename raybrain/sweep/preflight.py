@@ -134,6 +134,14 @@ def preflight(spec: Spec, source: str = "spec", *, overrides: Overrides = Overri
     exists = _exists(root, name) if read_storage else False
     if read_storage:
         check_stored_spec(root, name, spec.spec_hash())
+    if resume and read_storage and not exists and check_tracking:
+        check_tracking_store(spec.tracking.uri)
+        if not parent_exists(spec.tracking.uri, spec.tracking.experiment, name):
+            raise SpecError(f"--resume: there is no sweep {name!r} to resume (no Tune "
+                            f"experiment under {root} and no parent run in "
+                            f"{spec.tracking.uri}, experiment {spec.tracking.experiment!r}); "
+                            f"check --name and the spec's storage.path, or run without "
+                            f"--resume to start it")
     # 4. where it writes
     if check_tracking:
         check_tracking_store(spec.tracking.uri)
@@ -222,3 +230,20 @@ def _warn_concurrency(spec: Spec, num_cpus: int | None) -> None:
         warnings.warn(f"max_concurrent {explicit} is above what this machine can run at once: "
                       f"{fits} config(s) of {per:g} CPU(s) each on {cpus} CPUs; the others "
                       f"wait their turn", SpecWarning, stacklevel=3)
+
+
+def parent_exists(uri: str, experiment: str, name: str) -> bool:
+    """Whether MLflow holds the parent run of sweep ``name`` (read only: nothing created)."""
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).expanduser().exists():
+        return False
+    from mlflow.tracking import MlflowClient
+
+    from raybrain.sweep.tracking import PARENT_TAG
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return False
+    runs = client.search_runs([exp.experiment_id], filter_string=(
+        f"tags.`{PARENT_TAG}` = '{name}' and tags.`raybrain.role` = 'sweep'"), max_results=1)
+    return bool(runs)

@@ -207,7 +207,8 @@ class StageRunner:
             tune_config=tune.TuneConfig(
                 metric="objective", mode=spec.search.mode, search_alg=search_alg,
                 scheduler=scheduler, num_samples=num_samples,
-                max_concurrent_trials=self._concurrency(plan), reuse_actors=False,
+                # reused trial actors keep their imports and loaded data between configs
+                max_concurrent_trials=self._concurrency(plan), reuse_actors=True,
                 trial_dirname_creator=_trial_dirname),  # no param values in paths
             run_config=tune.RunConfig(
                 name=name, storage_path=str(self.storage), callbacks=callbacks, verbose=0,

@@ -40,7 +40,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(config.get("cpus_per_run", 1))))
     spec = RunSpec.from_dict(config["run"])
     task = tasks.get(spec.task)
-    data = task.load_data(task.parse_data(config["data"]), spec.data_seed)
+    from raybrain.sweep.trial import loaded_data
+
+    data = loaded_data(task, config["data"], spec.data_seed)
     device = ray.train.torch.get_device()
     run = task.build(data, spec.params, spec.brain_source, spec.seed, device=str(device))
     if world > 1:

@@ -73,7 +73,7 @@ def config_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
         return
 
     task = tasks.get(ctx["task"])
-    data = task.load_data(task.parse_data(ctx["data"]), ctx["data_seed"])
+    data = loaded_data(task, ctx["data"], ctx["data_seed"])
     from raybrain.sweep.arrays import storage_sink
 
     executor = ConfigExecutor(task, data, runs, ctx["primary_metric"],
@@ -120,3 +120,17 @@ def peak_memory_mb() -> float:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+#: the last data a trial process loaded: a reused trial actor (Tune's reuse_actors) or a
+#: Train worker that trains several runs loads a sweep's data once
+_DATA: dict[str, Any] = {}
+
+
+def loaded_data(task, data: dict[str, Any], data_seed: int):
+    """``task.load_data`` of this data section, loaded once per process."""
+    key = json.dumps([task.name, data, data_seed], sort_keys=True, default=str)
+    if key not in _DATA:
+        _DATA.clear()
+        _DATA[key] = task.load_data(task.parse_data(data), data_seed)
+    return _DATA[key]
