@@ -79,11 +79,12 @@ def _order_valid(text: str) -> bool:
     conclusion = body[2].removeprefix("therefore ").split()
     facts = [c.split() for c in body[:2]]
     words = sorted(set(_atoms(text.split())))
-    bigger = {r: True for r, _ in RELATIONS} | {c: False for _, c in RELATIONS}
 
-    def holds(clause, rank):  # clause: [a, 'is', rel, 'than', b]; rank: higher = bigger
-        a, rel, b = clause[0], clause[2], clause[4]
-        return (rank[a] > rank[b]) == bigger[rel]
+    def holds(clause, rank):  # [a, 'is', ('not',) rel, 'than', b]; rank: higher = more
+        negated = clause[2] == "not"
+        rel, b = clause[-3], clause[-1]
+        assert rel in RELATIONS
+        return (rank[clause[0]] > rank[b]) != negated
 
     for perm in itertools.permutations(range(len(words))):
         rank = dict(zip(words, perm))

@@ -17,9 +17,9 @@ type            premises                               conclusion forms
                                                        ``all non z are non x`` (valid),
                                                        ``all non x are non z``
 ``transitive``  ``x is R than y . y is R than z .``   ``x is R than z`` (valid),
-                R and its converse R' from             ``z is R than x``,
-                :data:`RELATIONS` (order random)       ``z is R' than x`` (valid),
-                                                       ``x is R' than z``
+                R from :data:`RELATIONS`               ``z is R than x``,
+                (order random)                         ``z is not R than x`` (valid),
+                                                       ``x is not R than z``
 ``hypothetical`` ``if x then y . if y then z .``       ``if x then z`` (valid),
                 (order random)                         ``if z then x``,
                                                        ``if not z then not x`` (valid),
@@ -39,12 +39,14 @@ Every problem has two latent binary features, recorded in :attr:`ProblemSet.feat
 - ``direction``: the conclusion runs along the premises (from the chain's first term to
   its last; for ``conditional``, from antecedent to consequent: modus ponens and denying
   the antecedent) rather than against them;
-- ``negation``: the conclusion is negated / contraposed / uses the converse relation.
+- ``negation``: the conclusion is negated (contraposed for syllogisms and hypotheticals).
 
 Validity is exactly ``direction XOR negation`` in every type: a linear function of the
-two features cannot express it. ``negation`` is visible in the conclusion's words;
-``direction`` needs the conclusion's terms bound to their roles in the premises (the
-premise order is random, so no fixed position gives it away).
+two features cannot express it, and neither feature alone says anything about validity.
+``negation`` is visible in the conclusion's words (``not``, ``non``); ``direction`` needs
+the conclusion's terms bound to their roles in the premises (the premise order is
+random, so no fixed position gives it away), unless ``lexical_roles`` makes the words
+themselves cue it (:func:`generate_problems`).
 
 Brain responses
 ---------------
@@ -116,10 +118,8 @@ ENTITIES = (
     "flon", "grip", "hux", "jop", "krel", "lunt", "mosk", "nibe", "prot",
 )
 
-#: Relation pairs of the ``transitive`` type: (relation, its converse), one word each
-#: before ``than``.
-RELATIONS = (("taller", "shorter"), ("older", "younger"), ("heavier", "lighter"),
-             ("faster", "slower"))
+#: Relations of the ``transitive`` type (strict orders), one word before ``than``.
+RELATIONS = ("taller", "older", "heavier", "faster")
 
 OPTIONS = ("yes", "no")
 
@@ -220,30 +220,24 @@ def _check_types(types, who: str) -> tuple[str, ...]:
 
 
 def _chain(kind: str, x: str, y: str, z: str, direction: int, negation: int,
-           rel: tuple[str, str]) -> tuple[list[str], str]:
+           rel: str) -> tuple[list[str], str]:
     """Premises (in chain order) and conclusion of a three-term chain problem."""
+    a, b = (x, z) if direction else (z, x)
     if kind == "syllogism":
         premises = [f"all {x} are {y}", f"all {y} are {z}"]
-        if negation:  # contraposition with complement terms
-            a, b = (x, z) if direction else (z, x)
-            concl = f"all non {a} are non {b}"
-        else:
-            a, b = (x, z) if direction else (z, x)
-            concl = f"all {a} are {b}"
+        # contraposition with complement terms
+        concl = f"all non {a} are non {b}" if negation else f"all {a} are {b}"
     elif kind == "hypothetical":
         premises = [f"if {x} then {y}", f"if {y} then {z}"]
-        a, b = (x, z) if direction else (z, x)
         concl = f"if not {a} then not {b}" if negation else f"if {a} then {b}"
-    else:  # transitive
-        r, conv = rel
-        premises = [f"{x} is {r} than {y}", f"{y} is {r} than {z}"]
-        a, b = (x, z) if direction else (z, x)
-        concl = f"{a} is {conv if negation else r} than {b}"
+    else:  # transitive (a strict order: "not taller" is "shorter or equal")
+        premises = [f"{x} is {rel} than {y}", f"{y} is {rel} than {z}"]
+        concl = f"{a} is not {rel} than {b}" if negation else f"{a} is {rel} than {b}"
     return premises, concl
 
 
 def _conditional(x: str, y: str, direction: int, negation: int) -> tuple[list[str], str]:
-    """Modus ponens / tollens and the two fallacies."""
+    """Modus ponens / tollens and the two fallacies (``if x then y``)."""
     if direction and not negation:  # modus ponens
         minor, concl = x, y
     elif not direction and not negation:  # affirming the consequent
@@ -256,32 +250,41 @@ def _conditional(x: str, y: str, direction: int, negation: int) -> tuple[list[st
 
 
 def generate_problems(n: int, seed: int, types=TYPES, id_prefix: str = "p",
-                      n_entities: int = len(ENTITIES), shuffle_premises: bool = True) -> ProblemSet:
+                      n_entities: int = len(ENTITIES), shuffle_premises: bool = True,
+                      lexical_roles: float = 0.0) -> ProblemSet:
     """Generate deductive-reasoning problems (module docstring), deterministic in ``seed``.
 
     Types cycle through ``types`` (so counts per type differ by at most one), and within
     each type the four (direction, negation) forms cycle too, so validity is balanced;
-    problem order is then shuffled. Entities are three distinct words of
-    :data:`ENTITIES` (two for ``conditional``); chain premises appear in random order.
+    problem order is then shuffled. Entities are distinct words of the first
+    ``n_entities`` of :data:`ENTITIES` (three per chain, two per ``conditional``).
 
     Parameters
     ----------
     n : int
         Number of problems (>= 1).
     seed : int
-        Seed of a ``numpy.random.default_rng``; the same (n, seed, types) gives the same
-        problems.
+        Seed of a ``numpy.random.default_rng``; the same arguments give the same problems.
     types : sequence of str
         Reasoning types to write (a subset of :data:`TYPES`). Held-out types for transfer
-        are generated separately, e.g. ``generate_problems(200, 1, types=("transitive",))``.
+        are generated separately, e.g. ``generate_problems(200, 1, types=("transitive",))``
+        (with another seed or id prefix), or split off by :func:`split_problems`.
     id_prefix : str
         Ids are ``f"{id_prefix}{k}"``.
     n_entities : int
-        Draw entities from the first ``n_entities`` words of :data:`ENTITIES` (3 to 32);
-        fewer words make the binding easier to learn (every pair is seen more often).
+        Entity words in use (3 to 32): fewer words, every word and pair seen more often.
     shuffle_premises : bool
         Present the two chain premises in random order (True) or in chain order (False:
         the chain's first term is then always the problem's first entity).
+    lexical_roles : float
+        Fraction of problems (each drawn independently) whose terms come from role pools:
+        the entity words in use are dealt into three pools by index (``k % 3``); the term a
+        forward conclusion starts from (a chain's first term; a conditional's consequent)
+        comes from pool 0, a chain's middle term from pool 1, the other term from pool 2.
+        In those problems ``direction`` is also a lexical property (is the conclusion's
+        first entity a pool-0 word?), as content can cue logical form in everyday
+        arguments; in the others it is carried by the premises' structure alone
+        (variable binding). 0 (default): no lexical cue at all.
 
     Returns
     -------
@@ -296,15 +299,26 @@ def generate_problems(n: int, seed: int, types=TYPES, id_prefix: str = "p",
             or not 3 <= n_entities <= len(ENTITIES)):
         raise SpecError(f"n_entities must be an integer in [3, {len(ENTITIES)}], got "
                         f"{n_entities!r}")
+    try:
+        lex = float(lexical_roles)
+    except (TypeError, ValueError):
+        lex = float("nan")
+    if not 0.0 <= lex <= 1.0:
+        raise SpecError(f"lexical_roles must be a fraction in [0, 1], got {lexical_roles!r}")
     rng = np.random.default_rng(seed)
     kinds = [types[k % len(types)] for k in range(n)]
     forms = np.array([(k // len(types)) % 4 for k in range(n)])
     order = rng.permutation(n)
+    pools = [np.arange(int(n_entities))[j::3] for j in range(3)]
     ids, texts, correct, out_types, feats = [], [], [], [], []
     for k, i in enumerate(order):
         kind = kinds[i]
         direction, negation = int(forms[i] // 2), int(forms[i] % 2)
-        words = rng.choice(int(n_entities), size=3, replace=False)
+        if rng.random() < lex:
+            lead, mid, other = (int(rng.choice(p)) for p in pools)
+            words = [lead, mid, other] if kind != "conditional" else [other, lead, mid]
+        else:
+            words = rng.choice(int(n_entities), size=3, replace=False).tolist()
         x, y, z = (ENTITIES[w] for w in words)
         rel = RELATIONS[int(rng.integers(len(RELATIONS)))]
         if kind == "conditional":

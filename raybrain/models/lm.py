@@ -73,6 +73,7 @@ __all__ = [
     "add_steering_hook",
     "decoder_blocks",
     "encode_problems",
+    "finetune_epoch",
     "finetune_loss",
     "forward_problems",
     "hidden_states",
@@ -740,9 +741,14 @@ def add_adapters(model, method: str = "lora", rank: int = 8, lora_alpha: float |
         raise SpecError(f"adapter rank must be an integer >= 1, got {rank!r}")
     if not 0.0 <= float(dropout) < 1.0:
         raise SpecError(f"adapter dropout must be in [0, 1), got {dropout!r}")
+    from transformers.pytorch_utils import Conv1D
+
+    # GPT-2-style Conv1D projections store (in, out) weights: peft must be told so
+    conv1d = any(isinstance(mod, Conv1D) for mod in model.modules())
     cfg = LoraConfig(r=int(rank), lora_alpha=float(lora_alpha or 2 * rank),
                      lora_dropout=float(dropout), target_modules=target_modules,
-                     use_dora=(method == "dora"), task_type="CAUSAL_LM", bias="none")
+                     use_dora=(method == "dora"), task_type="CAUSAL_LM", bias="none",
+                     fan_in_fan_out=conv1d)
     return get_peft_model(model, cfg)
 
 
@@ -797,3 +803,64 @@ def finetune_loss(model, enc: EncodedProblems, *, layer: int, pool: str = "mean"
         brain_val = float(brain.detach())
     return {"loss": loss, "task_loss": float(task.detach()), "brain_loss": brain_val,
             "logprobs": lp.detach()}
+
+
+def finetune_epoch(model, optimizer, enc: EncodedProblems, order, batch_size: int, *,
+                   layer: int, pool: str = "mean", alpha: float = 0.0, basis=None,
+                   targets=None) -> dict[str, float]:
+    """One pass of steering fine-tuning over the training problems in ``order``.
+
+    Parameters
+    ----------
+    model : causal LM (adapters added, or fully trainable)
+    optimizer : torch.optim.Optimizer
+        Over the trainable parameters.
+    enc : EncodedProblems
+        All training problems.
+    order : array of int, shape (n_train,)
+        Problem order of this epoch (e.g. a seeded permutation); consecutive chunks of
+        ``batch_size`` are the batches. A last chunk of one problem is skipped (a batch
+        correlation needs two) and the number of problems trained on is returned.
+    batch_size : int
+        >= 2.
+    layer, pool, alpha, basis
+        As in :func:`finetune_loss`.
+    targets : array or tensor, shape (n_train, rank) or None
+        Brain coordinates of all training problems (rows as in ``enc``).
+
+    Returns
+    -------
+    dict
+        Means over batches of ``loss``, ``task_loss``, ``brain_loss`` (NaN when off), and
+        ``n_problems``.
+    """
+    import torch
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 2:
+        raise SpecError(f"batch_size must be an integer >= 2, got {batch_size!r}")
+    order = np.asarray(order, dtype=np.int64)
+    y_all = None
+    if targets is not None:
+        y_all = torch.as_tensor(np.asarray(targets) if not torch.is_tensor(targets) else targets)
+    model.train()
+    sums = {"loss": 0.0, "task_loss": 0.0, "brain_loss": 0.0}
+    n_batches = n_seen = 0
+    for s in range(0, order.size, batch_size):
+        idx = order[s:s + batch_size]
+        if idx.size < 2:
+            continue
+        out = finetune_loss(model, enc.select(idx), layer=layer, pool=pool, alpha=alpha,
+                            basis=basis, targets=None if y_all is None else y_all[idx])
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        sums["loss"] += float(out["loss"].detach())
+        sums["task_loss"] += out["task_loss"]
+        sums["brain_loss"] += out["brain_loss"]
+        n_batches += 1
+        n_seen += int(idx.size)
+    model.eval()
+    res = {k: v / max(n_batches, 1) for k, v in sums.items()}
+    res["n_problems"] = float(n_seen)
+    return res
