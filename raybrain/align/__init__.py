@@ -16,6 +16,12 @@ name           function                             B2M equation
 Alignment diagnostics (numpy/scipy, no gradient) live in :mod:`raybrain.align.diagnostics`:
 :func:`rdm`, :func:`rsa`, :func:`linear_cka`, :func:`subsample_items`.
 
+Brain-guided language models: :mod:`raybrain.align.predictivity` (cross-validated ridge
+predictivity per layer as a fraction of the split-half noise ceiling; joint model-brain
+directions by PLS/CCA and their random control; numpy + scikit-learn, imported lazily)
+and :mod:`raybrain.align.steering` (the fine-tuning term pulling states along the joint
+directions, torch).
+
 This package must not import ray, mlflow or optuna; torch is imported lazily inside the
 functions, so importing the package (e.g. to list the registry) does not load torch.
 """

@@ -14,6 +14,12 @@ modules, which load MNE, CEBRA, h5py or nibabel only when used):
 - :mod:`raybrain.data.driving`, :mod:`raybrain.data.driving_scenes` - the B2M driving
   protocol's frame/EEG pairs, synthetic drives and procedural scenes.
 
+For brain-guided language models:
+
+- :mod:`raybrain.data.reasoning` - deductive-reasoning problems (generator with a known
+  answer, JSONL problem sets), brain responses per problem (synthetic informative/null,
+  user ``.npy``/``.npz``/HDF5 with problem ids) and the ``shuffled`` control.
+
 For the B2M memory task:
 
 - :mod:`raybrain.data.memory_task` - episode simulator, task rule and input encoding;
