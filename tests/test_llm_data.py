@@ -139,6 +139,17 @@ def test_generator_is_deterministic_and_knobs_act():
     shuffled = generate_problems(200, seed=0, types=("syllogism",))
     firsts = [t.split()[1] for t in shuffled.texts]
     assert any(f not in t.split(" . ")[2] for f, t in zip(firsts, shuffled.texts))
+    lexical = generate_problems(200, seed=0, lexical_roles=1.0, n_entities=12)
+    lead = set(ENTITIES[0:12:3])
+    for text, (d, _) in zip(lexical.texts, lexical.features):
+        concl = text.split(" . ")[2].split()
+        first = next(w for w in concl if w in ENTITIES)
+        assert (first in lead) == bool(d)  # the conclusion's first word cues direction
+    plain = generate_problems(200, seed=0, n_entities=12)
+    firsts = [next(w for w in t.split(" . ")[2].split() if w in ENTITIES) for t in plain.texts]
+    assert np.mean([(f in lead) == bool(d) for f, (d, _) in zip(firsts, plain.features)]) < 0.8
+    with pytest.raises(SpecError, match="lexical_roles"):
+        generate_problems(10, seed=0, lexical_roles=1.5)
     with pytest.raises(SpecError, match="unknown reasoning type 'modal'"):
         generate_problems(10, seed=0, types=("modal",))
     with pytest.raises(SpecError, match="n_entities"):

@@ -351,7 +351,11 @@ def split_problems(problems: ProblemSet, test_fraction: float, seed: int,
     train, test, transfer : ProblemSet
         Each keeps the original relative order.
     """
-    if not (0.0 < float(test_fraction) < 1.0):
+    try:
+        frac = float(test_fraction)
+    except (TypeError, ValueError):
+        frac = float("nan")
+    if not 0.0 < frac < 1.0:
         raise SpecError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
     held = set(held_out_types)
     unknown = held - set(problems.types)
@@ -365,7 +369,7 @@ def split_problems(problems: ProblemSet, test_fraction: float, seed: int,
         if t in held:
             continue
         idx = np.flatnonzero(problems.type_mask(t))
-        k = int(round(test_fraction * idx.size))
+        k = int(round(frac * idx.size))
         if idx.size >= 2:
             k = min(max(k, 1), idx.size - 1)
         is_test[rng.choice(idx, size=k, replace=False)] = True
@@ -495,7 +499,7 @@ class BrainResponses:
 
 
 def synthetic_brain(problems: ProblemSet, rng: np.random.Generator, n_voxels: int = 100,
-                    snr: float = 0.2, n_repeats: int = 2,
+                    snr: float = 0.5, n_repeats: int = 2,
                     informative: bool = True) -> BrainResponses:
     """Synthetic responses with a known problem-structure subspace (module docstring).
 

@@ -11,8 +11,10 @@ Models
     so that :func:`load_lm` reads it back.
 
 Layers
-    Layer ``0`` is the token-embedding output and layer ``l`` in ``1..n_layers`` the
-    output of decoder block ``l`` (1-based), read by a forward hook on the block. This is
+    Layer ``0`` is the output of the input-embedding module (for models with learned
+    absolute positions, such as GPT-2, before the position embeddings are added) and
+    layer ``l`` in ``1..n_layers`` the output of decoder block ``l`` (1-based), read by a
+    forward hook on the block. This is
     ``output_hidden_states[l]`` of ``transformers`` except at ``l = n_layers``, where
     ``transformers`` reports the state after the final norm and we report the block's
     own output (the state a steering hook on that block changes).
@@ -240,8 +242,8 @@ def load_lm(directory: str | os.PathLike, *, device_map: Any = None, dtype: Any 
     try:
         tokenizer = AutoTokenizer.from_pretrained(d, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(d, **kwargs)
-    except (OSError, ValueError, KeyError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except Exception as exc:  # corrupt or foreign files: transformers raises many types
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SpecError(f"LM checkpoint '{os.fspath(directory)}' could not be loaded "
                         f"({type(exc).__name__}: {msg})") from None
     if tokenizer.pad_token_id is None:
@@ -372,6 +374,8 @@ def encode_problems(tokenizer, problems, max_length: int | None = None) -> Encod
     import torch
 
     n = len(problems)
+    if n == 0:
+        raise SpecError("encode_problems: the problem set is empty")
     n_opt = max(len(o) for o in problems.options)
     seqs, starts, ends = [], [], []
     bos = tokenizer.bos_token_id
