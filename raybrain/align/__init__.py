@@ -29,6 +29,11 @@ Structural alignment (the brain-in-the-loop method; torch + POT):
 - :mod:`raybrain.align.neighbourhoods`: Gumbel K-neighbourhoods (straight-through) and the
   local-structure cross-entropy;
 - :mod:`raybrain.align.concept_metrics`: matching rate, silhouette, one-shot accuracy.
+Brain-guided language models: :mod:`raybrain.align.predictivity` (cross-validated ridge
+predictivity per layer as a fraction of the split-half noise ceiling; joint model-brain
+directions by PLS/CCA and their random control; numpy + scikit-learn, imported lazily)
+and :mod:`raybrain.align.steering` (the fine-tuning term pulling states along the joint
+directions, torch).
 
 This package must not import ray, mlflow or optuna; torch is imported lazily inside the
 functions, so importing the package (e.g. to list the registry) does not load torch.

@@ -32,6 +32,12 @@ For CLIP-HBA:
 - :mod:`raybrain.data.clip_synthetic` - procedural images with teacher targets
   (informative or null, per participant).
 
+For brain-guided language models:
+
+- :mod:`raybrain.data.reasoning` - deductive-reasoning problems (generator with a known
+  answer, JSONL problem sets), brain responses per problem (synthetic informative/null,
+  user ``.npy``/``.npz``/HDF5 with problem ids) and the ``shuffled`` control.
+
 For the B2M memory task:
 
 - :mod:`raybrain.data.memory_task` - episode simulator, task rule and input encoding;

@@ -9,7 +9,9 @@
   torchvision);
 - CLIP-HBA (open_clip and peft imported only when used): :mod:`raybrain.models.clip`
   (builder, behaviour head), :mod:`raybrain.models.dora` (DoRA adapters),
-  :mod:`raybrain.models.clip_meg` (the MEG model), :mod:`raybrain.models.saliency` (RISE).
+  :mod:`raybrain.models.clip_meg` (the MEG model), :mod:`raybrain.models.saliency` (RISE);
+- causal language models (Hugging Face ``transformers`` + ``peft``, imported only when
+  used: loading, scoring, layer states, steering hooks, adapters): :mod:`raybrain.models.lm`.
 """
 
 from raybrain.models.gru import MemoryGRU, MemoryGRUStack, scaled_sigmoid
