@@ -181,8 +181,12 @@ def test_load_concept_data_from_files(tmp_path):
     assert vox.basic.tolist() == d.basic.tolist()
     rdm = load_concept_data(rdm_path=tmp_path / "rdm.npy", **common)
     assert rdm.brain is None and rdm.brain_kind == "rdm"
-    np.save(tmp_path / "rect.npy", d.brain_rdm[:, :-1])
+    np.save(tmp_path / "rect.npy", d.brain_rdm[:, :-2])  # 14 columns: not n(n-1)/2
     with pytest.raises(SpecError, match="square"):
+        load_concept_data(rdm_path=tmp_path / "rect.npy", **common)
+    # 15 columns = 6 * 5 / 2: the documented rule reads rows as condensed RDMs, and says so
+    np.save(tmp_path / "rect.npy", d.brain_rdm[:, :-1])
+    with pytest.raises(SpecError, match=r"read as condensed.*a matrix must be square"):
         load_concept_data(rdm_path=tmp_path / "rect.npy", **common)
 
 

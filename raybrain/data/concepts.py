@@ -640,10 +640,14 @@ def load_concept_data(*, features_path, item_concepts_path, brain_concepts_path,
     brain = None if voxels_path is None else np.asarray(load_voxels(voxels_path, key=brain_key))
     rdm = None
     if rdm_path is not None:
-        rdm = np.asarray(load_rdm(rdm_path, key=brain_key))
+        arr, check = load_rdm(rdm_path, key=brain_key, return_check=True)
+        rdm = np.asarray(arr)
         if rdm.ndim != 2:
-            raise SpecError(f"RDM file '{rdm_path}' holds a stack of shape {rdm.shape}; "
-                            f"expected one (n_concepts, n_concepts) matrix")
+            how = (f" (read as condensed: a last axis of {check.condensed_from[-1]} is "
+                   f"n(n-1)/2 for n = {rdm.shape[-1]}; a matrix must be square)"
+                   if getattr(check, "condensed_from", None) else "")
+            raise SpecError(f"RDM file '{rdm_path}' holds a stack of shape {rdm.shape}"
+                            f"{how}; expected one (n_concepts, n_concepts) matrix")
     sup = bas = None
     if categories_path is not None:
         sup, bas = read_category_table(categories_path)
