@@ -25,14 +25,6 @@ from raybrain.errors import SpecError
 pytestmark = pytest.mark.unit
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread avoids OpenMP spinning on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _stack(seed, t=5, n=6, d=4, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)

@@ -24,14 +24,6 @@ from raybrain.models.dora import (
 
 pytestmark = pytest.mark.unit
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread avoids OpenMP spinning on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 LABELS = ["red object", "round thing", "striped texture", "bright shape", "dark pattern"]
 

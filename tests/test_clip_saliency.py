@@ -12,14 +12,6 @@ from raybrain.models.saliency import meg_saliency, rise_masks, rise_saliency
 pytestmark = pytest.mark.unit
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread avoids OpenMP spinning on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_masks_shape_range_keep_rate_and_seed():
     m = rise_masks(400, (24, 20), grid=4, p_keep=0.3, seed=1)
