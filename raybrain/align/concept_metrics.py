@@ -267,8 +267,9 @@ def category_one_shot_accuracy(embeddings: Any, concepts: Any, categories: Any,
         or an empty string is an error.
     n_episodes : int
     seed : int
-        ``np.random.default_rng(seed)`` draws the supports (categories in sorted order,
-        concept then exemplar): the same inputs and seed give the same number.
+        ``np.random.default_rng(seed)`` draws the supports (categories in sorted order;
+        for each, a concept among its concepts sorted by name, then an exemplar of it in
+        item order): the same inputs and seed give the same number.
 
     Returns
     -------
@@ -306,8 +307,11 @@ def category_one_shot_accuracy(embeddings: Any, concepts: Any, categories: Any,
     rng = np.random.default_rng(seed)
     correct = total = 0
     for _ in range(int(n_episodes)):
-        chosen = [members[k][rng.integers(len(members[k]))] for k in cat_names]
-        support = np.array([items_of[c][rng.integers(len(items_of[c]))] for c in chosen])
+        chosen, support = [], []
+        for k in cat_names:  # per category: a concept, then one of its exemplars
+            c = members[k][rng.integers(len(members[k]))]
+            chosen.append(c)
+            support.append(items_of[c][rng.integers(len(items_of[c]))])
         query = np.flatnonzero(~np.isin(con, chosen))
         pred = np.argmax(u[query] @ u[support].T, axis=1)
         correct += int(np.sum(pred == code[query]))

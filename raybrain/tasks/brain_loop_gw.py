@@ -70,8 +70,9 @@ from raybrain.tasks.base import Param, Task, TorchRun
 class BackboneSettings(BaseModel):
     """Images through a frozen backbone (:func:`raybrain.models.backbones.backbone_features`).
 
-    ``checkpoint``: a local weights file, or None for random weights (nothing is
-    downloaded). Features are computed once, in the sweep's driver, and cached.
+    ``checkpoint``: a local weights file, or None for random weights (drawn under torch
+    seed 0; nothing is downloaded). Features are computed once, in the sweep's driver, and
+    cached.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -244,9 +245,12 @@ def _backbone_entry(data: BrainLoopData):
 
     def build():
         images = _read_images(data)
-        feats = backbone_features(images.pixels, bb.name, bb.library, _abs(bb.checkpoint),
-                                  batch_size=bb.batch_size, device=bb.device,
-                                  image_size=bb.image_size)
+        # random weights (no checkpoint) are drawn under torch seed 0: reproducible
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            feats = backbone_features(images.pixels, bb.name, bb.library, _abs(bb.checkpoint),
+                                      batch_size=bb.batch_size, device=bb.device,
+                                      image_size=bb.image_size)
         return {"features": feats}, {"n_images": len(images)}
 
     return cached_arrays("brain-loop-features", settings, inputs, build,
