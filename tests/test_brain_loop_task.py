@@ -48,7 +48,7 @@ def _naive_category_one_shot(emb, concepts, categories, n_episodes, seed):
     """The metric's definition as a plain loop over queries and supports."""
     rng = np.random.default_rng(seed)
     cats = sorted(set(categories))
-    cat_of = dict(zip(concepts, categories))
+    cat_of = dict(zip(concepts, categories, strict=True))
     correct = total = 0
     for _ in range(n_episodes):
         supports = []

@@ -291,7 +291,7 @@ def category_one_shot_accuracy(embeddings: Any, concepts: Any, categories: Any,
         raise SpecError(f"{fn}: n_episodes must be an integer >= 1, got {n_episodes!r}")
     cat_names = sorted(set(cat.tolist()))
     concept_cat: dict[str, str] = {}
-    for c, k in zip(con.tolist(), cat.tolist()):
+    for c, k in zip(con.tolist(), cat.tolist(), strict=True):
         if concept_cat.setdefault(c, k) != k:
             raise SpecError(f"{fn}: concept {c!r} has items in categories "
                             f"{concept_cat[c]!r} and {k!r}; expected one category per concept")

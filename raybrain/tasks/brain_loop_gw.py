@@ -64,7 +64,6 @@ from raybrain.errors import SpecError
 from raybrain.tasks import register
 from raybrain.tasks.base import Param, Task, TorchRun
 
-
 # ----------------------------------------------------------------------------- data spec
 
 class BackboneSettings(BaseModel):
@@ -263,9 +262,14 @@ def load_concepts(data: BrainLoopData, data_seed: int, features: np.ndarray | No
     ``features``: model-side features to use instead of reading them (the image count
     check of :meth:`BrainLoopGW.check_data` passes zeros).
     """
-    from raybrain.data.concepts import (build_concept_data, load_concept_data,
-                                        read_category_table, read_names, synthetic_concepts,
-                                        things48)
+    from raybrain.data.concepts import (
+        build_concept_data,
+        load_concept_data,
+        read_category_table,
+        read_names,
+        synthetic_concepts,
+        things48,
+    )
 
     if data.source == "synthetic":
         d = synthetic_concepts(
@@ -701,8 +705,10 @@ class BrainLoopRun(TorchRun):
 
     def _downstream(self, idx: np.ndarray) -> dict[str, float]:
         """Category one-shot accuracy and silhouette on concepts ``idx``."""
-        from raybrain.align.concept_metrics import (category_one_shot_accuracy,
-                                                    silhouette_by_category)
+        from raybrain.align.concept_metrics import (
+            category_one_shot_accuracy,
+            silhouette_by_category,
+        )
 
         emb, item_c = self._embed(idx)
         sup = self.data.concepts.superordinate[item_c]
