@@ -41,8 +41,9 @@ functions, so importing the package (e.g. to list the registry) does not load to
 
 from __future__ import annotations
 
-from raybrain.align.concept_metrics import (one_shot_accuracy, permutation_null,
-                                            silhouette_by_category, topk_matching_rate)
+from raybrain.align.concept_metrics import (category_one_shot_accuracy, one_shot_accuracy,
+                                            permutation_null, silhouette_by_category,
+                                            topk_matching_rate)
 from raybrain.align.contrastive import info_nce
 from raybrain.align.diagnostics import linear_cka, rdm, rsa, subsample_items
 from raybrain.align.gw import gw_distance, gw_loss, gw_plan, normalise_cost
@@ -71,6 +72,7 @@ TRANSFER_LOSSES.register("latent")(latent_transfer)
 
 __all__ = [
     "add_dustbin",
+    "category_one_shot_accuracy",
     "correspondence_ce",
     "gumbel_topk",
     "gw_distance",

@@ -10,6 +10,8 @@ its docstring:
 - :func:`silhouette_by_category`: silhouette coefficient of the items' superordinate
   categories in a representation (``sklearn.metrics.silhouette_score``).
 - :func:`one_shot_accuracy`: nearest-prototype classification from one exemplar per class.
+- :func:`category_one_shot_accuracy`: one-shot classification of *new concepts* into
+  categories (e.g. living / non-living) from one exemplar of one concept per category.
 - :func:`permutation_null`: matching rates of a plan against random correspondences.
 
 Torch tensors are accepted (detached, moved to the CPU).
@@ -25,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     import numpy as np
 
 __all__ = ["topk_matching_rate", "silhouette_by_category", "one_shot_accuracy",
-           "permutation_null", "cosine_distances"]
+           "category_one_shot_accuracy", "permutation_null", "cosine_distances"]
 
 
 def _np(x: Any, dtype=None):
@@ -238,5 +240,80 @@ def one_shot_accuracy(embeddings: Any, labels: Any, n_episodes: int = 20,
         query = np.setdiff1d(np.arange(x.shape[0]), support)
         pred = np.argmax(u[query] @ u[support].T, axis=1)
         correct += int(np.sum(pred == codes[query]))
+        total += len(query)
+    return correct / total
+
+
+def category_one_shot_accuracy(embeddings: Any, concepts: Any, categories: Any,
+                               n_episodes: int = 100, seed: int = 0) -> float:
+    """One-shot classification of new concepts into categories (cosine nearest support).
+
+    Each episode draws, for every category, one of its concepts uniformly at random and
+    one exemplar of that concept uniformly at random: the category's single *support*.
+    Every item of the concepts not drawn (the queries) is assigned the category of its
+    most cosine-similar support. The accuracy is the fraction of correct queries, pooled
+    over ``n_episodes`` episodes. Chance level is ``1 / n_categories`` for balanced
+    categories. A query never shares its concept with a support, so the score measures how
+    a representation groups *different* concepts by category (e.g. superordinate
+    living / non-living: the brain's hierarchy), not how it recognises a concept.
+
+    Parameters
+    ----------
+    embeddings : array_like, shape (n_items, dim)
+    concepts : array_like, shape (n_items,)
+        Concept of each item.
+    categories : array_like, shape (n_items,)
+        Category of each item; must be the same for every item of a concept. None, NaN
+        or an empty string is an error.
+    n_episodes : int
+    seed : int
+        ``np.random.default_rng(seed)`` draws the supports (categories in sorted order;
+        for each, a concept among its concepts sorted by name, then an exemplar of it in
+        item order): the same inputs and seed give the same number.
+
+    Returns
+    -------
+    float in [0, 1]
+
+    Raises
+    ------
+    SpecError
+        Items without a concept or category, a concept in two categories, fewer than 2
+        categories, or no category with 2 or more concepts (nothing to query).
+    """
+    import numpy as np
+
+    fn = "category_one_shot_accuracy"
+    x = _matrix(embeddings, "embeddings", fn)
+    con = _labels(concepts, x.shape[0], fn, "concept").astype(str)
+    cat = _labels(categories, x.shape[0], fn, "category").astype(str)
+    if isinstance(n_episodes, bool) or int(n_episodes) != n_episodes or n_episodes < 1:
+        raise SpecError(f"{fn}: n_episodes must be an integer >= 1, got {n_episodes!r}")
+    cat_names = sorted(set(cat.tolist()))
+    concept_cat: dict[str, str] = {}
+    for c, k in zip(con.tolist(), cat.tolist(), strict=True):
+        if concept_cat.setdefault(c, k) != k:
+            raise SpecError(f"{fn}: concept {c!r} has items in categories "
+                            f"{concept_cat[c]!r} and {k!r}; expected one category per concept")
+    members = {k: sorted(c for c, kk in concept_cat.items() if kk == k) for k in cat_names}
+    if len(cat_names) < 2 or max(len(m) for m in members.values()) < 2:
+        raise SpecError(f"{fn}: needs >= 2 categories and one category with >= 2 concepts, "
+                        f"got {len(cat_names)} categories of at most "
+                        f"{max(len(m) for m in members.values())} concepts")
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    u = np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+    items_of = {c: np.flatnonzero(con == c) for c in concept_cat}
+    code = np.array([cat_names.index(k) for k in cat.tolist()])
+    rng = np.random.default_rng(seed)
+    correct = total = 0
+    for _ in range(int(n_episodes)):
+        chosen, support = [], []
+        for k in cat_names:  # per category: a concept, then one of its exemplars
+            c = members[k][rng.integers(len(members[k]))]
+            chosen.append(c)
+            support.append(items_of[c][rng.integers(len(items_of[c]))])
+        query = np.flatnonzero(~np.isin(con, chosen))
+        pred = np.argmax(u[query] @ u[support].T, axis=1)
+        correct += int(np.sum(pred == code[query]))
         total += len(query)
     return correct / total
