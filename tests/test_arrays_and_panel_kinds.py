@@ -31,7 +31,7 @@ class _KeepsRDM(B2MMemory):
 
 
 class _RDMRun(MemoryRun):
-    def artifacts(self):
+    def artifacts(self, brain_data=False):
         import torch
 
         with torch.no_grad():
@@ -142,3 +142,27 @@ def test_a_malformed_panel_kind_is_one_line(tmp_path):
     path.write_text("panels:\n  gw: {kind: curve, prefix: p, colour: red}\n")
     with pytest.raises(SpecError, match="unknown key 'panels.gw.colour'"):
         load_dashboard("t", "test_accuracy", tmp_path)
+
+
+def test_arrays_derived_from_brain_data_only_on_opt_in(tmp_path):
+    """The spec's tracking.log_brain_data reaches the run's artifacts(): off by default."""
+    import raybrain.tasks as tasks
+
+    task = tasks.get("brain-loop-gw")
+    smoke = task.smoke
+    data = task.load_data(task.parse_data(smoke["data"]), 0)
+    params = {**task.defaults(), **smoke["params"], "epochs": 1}
+    runs = plan_config_runs("b", task, params, ["brain"], ArmsSpec(), [0])
+    for opt_in, names in ((False, ["model_rdm"]), (True, ["brain_rdm", "model_rdm"])):
+        stored: dict = {}
+
+        def sink(spec, epoch, arrays):
+            stored.update(arrays)
+            return [f"{n}.npy" for n in arrays]
+
+        ex = ConfigExecutor(task, data, runs, task.primary_metric, sink=sink,
+                            brain_data=opt_in)
+        while not ex.done:
+            ex.step()
+        assert sorted(stored) == names
+    assert stored["brain_rdm"].shape == stored["model_rdm"].shape

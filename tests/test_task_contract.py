@@ -234,3 +234,11 @@ def test_a_vectorised_group_gives_each_run_its_numbers(name, loaded):
         run = task.build(data, params, src, seed)
         run.load_state_dict(group.members[k].state_dict())
         assert run.epoch == 1
+
+
+@pytest.mark.parametrize("name", [n for n in TASKS if tasks.get(n).max_workers is not None])
+def test_more_workers_than_a_task_can_use_are_refused(name):
+    task = tasks.get(name)
+    d = {**_spec_dict(task), "resources": {"num_workers": task.max_workers + 1}}
+    with pytest.raises(SpecError, match="num_workers must be <="):
+        validate_spec(parse_spec(d), check_data=False)

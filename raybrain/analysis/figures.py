@@ -712,7 +712,7 @@ def alignment_panel(data: ReportData, chart: dict[str, Any]) -> Panel:
         ax.grid(alpha=0.25)
     fig.suptitle(chart["title"])
     caption = (f"{chart['title'].capitalize()}. Top: final alignment of the model's embedding "
-               f"with the real (unshuffled) brain embeddings on held-out steps, per arm vs "
+               f"with the real (unshuffled) brain data on held-out data, per arm vs "
                f"{xaxis.name} (mean +/- s.e.m. over seeds; 'none' dashed, best L2 grey band). "
                f"Bottom: per brain-dependent run, performance gain (trajectory area minus the "
                f"'none' run's area at the same seed) against final alignment; r is the "

@@ -458,7 +458,7 @@ def format_table(table: VerdictTable, spec=None) -> str:
             lines.append(f"  verdict ({r['metric']}): {shown}")
         align = [r for r in table.of("alignment", config)]
         if align:
-            lines.append("  alignment with the real brain (final, held-out steps): " + "; ".join(
+            lines.append("  alignment with the real brain (final, held-out data): " + "; ".join(
                 f"{r['metric']} brain - {r['comparison']} = {_fmt(r['diff'], 3)} "
                 f"(MW p {_p(r['p_mannwhitney'])})" for r in align))
     for r in table.of("alignment", ""):

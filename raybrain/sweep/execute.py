@@ -37,7 +37,7 @@ class RunProgress:
 
     def __init__(self, spec: RunSpec, run, primary: str,
                  divergence: tuple[str, float] | None = None, mode: str = "max",
-                 artifact_every: int = 0, sink=None):
+                 artifact_every: int = 0, sink=None, brain_data: bool = False):
         self.spec, self.run, self.primary, self.divergence = spec, run, primary, divergence
         self.mode = mode
         self.history: dict[str, list[float]] = {}
@@ -45,7 +45,7 @@ class RunProgress:
         #: why the run failed (``"ExcType: message"``), or None
         self.failed: str | None = None
         #: ``sink(spec, epoch, arrays) -> [paths]`` stores the run's arrays (None: dropped)
-        self.artifact_every, self.sink = artifact_every, sink
+        self.artifact_every, self.sink, self.brain_data = artifact_every, sink, brain_data
         #: epoch -> stored array paths (kept in the state, so a replay sends them again)
         self.artifact_paths: dict[int, list[str]] = {}
 
@@ -91,7 +91,7 @@ class RunProgress:
             return
         if e % every and e < self.run.epochs and not getattr(self.run, "stopped", False):
             return
-        arrays = self.run.artifacts()
+        arrays = self.run.artifacts(brain_data=self.brain_data)
         if arrays:
             self.artifact_paths[e] = list(self.sink(self.spec, e, arrays))
 
@@ -182,6 +182,8 @@ class ConfigExecutor:
     device : str
     sink : callable, optional
         Stores the arrays runs keep (see :mod:`raybrain.sweep.arrays`).
+    brain_data : bool
+        Runs may keep arrays derived from brain data (``tracking.log_brain_data``).
     vectorise : bool
         Train runs that share their params (seeds of an arm, the brain-dependent arms of a
         config) as one group when the task has a vectorised path (``Task.build_group``);
@@ -189,10 +191,11 @@ class ConfigExecutor:
     """
 
     def __init__(self, task, data, runs: list[RunSpec], primary: str, device: str = "cpu",
-                 sink=None, vectorise: bool = False):
+                 sink=None, vectorise: bool = False, brain_data: bool = False):
         self.task, self.data, self.device = task, data, device
         self._make = lambda r, run: RunProgress(r, run, primary, divergence_rule(task),
-                                                task.primary_mode, task.artifact_every, sink)
+                                                task.primary_mode, task.artifact_every, sink,
+                                                brain_data)
         self.progress: list[RunProgress] = []
         #: (group, indices into ``progress`` of its members)
         self.groups: list[tuple[Any, list[int]]] = []

@@ -434,6 +434,10 @@ def validate_spec(spec: Spec, source: str = "spec", *, check_data: bool = True) 
     if spec.search.objective == "margin_shuffled" and "shuffled" not in spec.arms.include:
         raise SpecError(f"{source}: search.objective 'margin_shuffled' needs the 'shuffled' arm "
                         f"in arms.include, got {spec.arms.include}")
+    if task.max_workers is not None and spec.resources.num_workers > task.max_workers:
+        raise SpecError(f"{source}: resources.num_workers must be <= {task.max_workers} for task "
+                        f"{spec.task!r} (its runs cannot be split across workers), got "
+                        f"{spec.resources.num_workers}")
     w = task.brain_weight
     if w is not None:
         weights = values.get(w, [task.params[w].default])

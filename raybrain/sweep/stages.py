@@ -126,7 +126,7 @@ class StageRunner:
                 "num_workers": res.num_workers, "use_gpu": self.use_gpu,
                 "cpus_per_run": res.cpus_per_run, "gpus_per_worker": res.gpus_per_worker,
                 "run_max_failures": spec.storage.run_max_failures, "storage": str(self.storage),
-                "vectorise": self.vectorise}
+                "vectorise": self.vectorise, "log_brain_data": spec.tracking.log_brain_data}
 
     # -- a stage ----------------------------------------------------------------------
     def run(self, plan: SweepPlan, name: str) -> StageStatus:

@@ -51,7 +51,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     sink = storage_sink(config["storage"], spec.sweep) if rank == 0 else None
     progress = RunProgress(spec, run, config["primary_metric"], divergence_rule(task),
-                           task.primary_mode, task.artifact_every, sink)
+                           task.primary_mode, task.artifact_every, sink,
+                           config.get("log_brain_data", False))
     node_id = ray.get_runtime_context().get_node_id()
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -110,7 +111,8 @@ def run_with_train(ctx: dict[str, Any], runs: list[RunSpec],
                 train_loop_config={"run": spec.to_dict(), "data": ctx["data"],
                                    "primary_metric": ctx["primary_metric"],
                                    "cpus_per_run": ctx["cpus_per_run"],
-                                   "storage": ctx["storage"]},
+                                   "storage": ctx["storage"],
+                                   "log_brain_data": ctx.get("log_brain_data", False)},
                 scaling_config=ray.train.ScalingConfig(
                     num_workers=ctx["num_workers"], use_gpu=ctx["use_gpu"],
                     resources_per_worker=worker_resources(ctx)),

@@ -78,7 +78,8 @@ def config_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
 
     executor = ConfigExecutor(task, data, runs, ctx["primary_metric"],
                               sink=storage_sink(ctx["storage"], ctx["sweep"]),
-                              vectorise=ctx.get("vectorise", False))
+                              vectorise=ctx.get("vectorise", False),
+                              brain_data=ctx.get("log_brain_data", False))
     node_id = ray.get_runtime_context().get_node_id()
     latest: dict[str, dict[str, float]] = {}
     done: set[str] = set()

@@ -130,13 +130,14 @@ class TaskRun(ABC):
         """Replace the trained module by ``wrap(module)`` (data-parallel training)."""
         self.model = wrap(self.model)
 
-    def artifacts(self) -> dict[str, Any]:
+    def artifacts(self, brain_data: bool = False) -> dict[str, Any]:
         """Arrays worth keeping at this epoch (e.g. the model's RDM), by name.
 
         Called after :meth:`evaluate` every :attr:`Task.artifact_every` epochs and at the
         last one; the sweep stores them as ``arrays/epoch_<e>/<name>.npy`` artifacts of the
-        run's MLflow child run. Never raw brain data (tracking holds no neural data by
-        default). Default: none.
+        run's MLflow child run. ``brain_data`` is the spec's ``tracking.log_brain_data``:
+        arrays derived from brain data (a brain RDM beside the model's) only when it is
+        true; never raw recordings. Default: none.
         """
         return {}
 
@@ -300,6 +301,8 @@ class Task(ABC):
     #: save the runs' :meth:`TaskRun.artifacts` every this many epochs and at the last one
     #: (0: never)
     artifact_every: ClassVar[int] = 0
+    #: the most Ray Train workers a run can use (None: any); a spec asking for more is refused
+    max_workers: ClassVar[int | None] = None
     #: a configuration that trains in seconds: ``{"data": {...}, "params": {...}}``; the
     #: contract tests run every registered task on it
     smoke: ClassVar[dict[str, Any]] = {}

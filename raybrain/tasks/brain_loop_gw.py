@@ -451,6 +451,8 @@ class BrainLoopGW(Task):
                   "item_concepts_file", "brain_concepts_file", "voxels_file", "rdm_file",
                   "categories_file", "checkpoint", "cache_dir", "things_dir")
     artifact_every = 5
+    #: one graph per batch in one process: runs cannot be split across Train workers
+    max_workers = 1
     smoke = {"data": {"n_basic": 2, "n_per_basic": 8, "n_exemplars": 3, "n_voxels": 24,
                       "feature_dim": 12, "oneshot_episodes": 5},
              "params": {"epochs": 2, "batch_size": 64, "lr": 3e-3, "embed_dim": 8,
@@ -753,10 +755,19 @@ class BrainLoopRun(TorchRun):
             out["test_concept_oneshot"] = ev["one_shot"]
         return out
 
-    def artifacts(self) -> dict[str, Any]:
+    def artifacts(self, brain_data: bool = False) -> dict[str, Any]:
         """``model_rdm``: (n_test, n_test) cosine-distance RDM of the test concepts' mean
-        adaptor outputs, concepts in :func:`category_order` (never the brain RDM)."""
-        return {} if self._model_rdm is None else {"model_rdm": self._model_rdm}
+        adaptor outputs, concepts in :func:`category_order`; with ``brain_data`` (the spec's
+        ``tracking.log_brain_data``) also ``brain_rdm``, the real brain RDM of the same
+        concepts in the same order, for the report's side-by-side panel."""
+        if self._model_rdm is None:
+            return {}
+        out = {"model_rdm": self._model_rdm}
+        if brain_data:
+            idx = np.asarray(self.data.test)
+            rdm = np.asarray(self.data.concepts.brain_rdm, dtype=np.float32)
+            out["brain_rdm"] = rdm[np.ix_(idx, idx)]
+        return out
 
 
 __all__ = ["BackboneSettings", "BrainLoopData", "BrainLoopGW", "BrainLoopRun",
