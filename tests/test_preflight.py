@@ -158,3 +158,11 @@ def test_a_changed_spec_is_refused_on_resume(tmp_path, tiny_spec_dict):
         preflight(spec, str(path))
     stored = json.loads((tmp_path / "results" / "tiny" / st.SPEC_FILE).read_text())
     assert stored["spec_hash"] == "0123456789abcdef"  # nothing rewritten
+
+
+def test_a_storage_that_cannot_be_read_is_one_line(tmp_path, tiny_spec_dict, capsys):
+    path = _spec_file(tmp_path, tiny_spec_dict)
+    code, lines = _run(capsys, ["validate", str(path), "--storage-path",
+                                "s3://raybrain-no-such-bucket-for-tests/raybrain"])
+    assert code == 2 and len(lines) == 1
+    assert "cannot be read from here" in lines[0] and "Traceback" not in lines[0]

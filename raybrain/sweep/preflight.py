@@ -100,6 +100,8 @@ def preflight(spec: Spec, source: str = "spec", *, overrides: Overrides = Overri
     # 2. which sweep, and the overrides it was started with
     file_name = spec.name
     root = st.storage_root(overrides.storage_path or spec.storage.path)
+    if read_storage:
+        _check_storage_readable(root)
     notes: list[str] = []
     name = overrides.name or spec.name
     spec_file = str(Path(source).resolve()) if Path(source).is_file() else None
@@ -156,6 +158,20 @@ def preflight(spec: Spec, source: str = "spec", *, overrides: Overrides = Overri
             argv += [flag, value]
     return Preflight(spec, source, task, checked["data"], plan, effective, root, exists, argv,
                      file_name, notes)
+
+
+def _check_storage_readable(root: str) -> None:
+    """One line when the storage cannot be read from here (an object store without
+    credentials or network, a path that is not a folder)."""
+    try:
+        fs, path = st.filesystem(root)
+        fs.get_file_info(path)
+    except Exception as exc:  # pyarrow raises OSError and its own errors
+        first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise SpecError(f"storage.path {root!r} cannot be read from here ({first[:200]}); "
+                        f"the sweep keeps its state there: check the path and credentials, "
+                        f"or run the sweep where it is reachable (raybrain submit, or "
+                        f"--address on the cluster)") from None
 
 
 def _exists(root: str, name: str) -> bool:
