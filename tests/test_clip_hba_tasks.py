@@ -435,7 +435,7 @@ def test_sweep_end_to_end_through_ray_and_mlflow(task, ray_session, tmp_path, mo
         arms.setdefault(c.data.tags["raybrain.arm"], []).append(c)
         hist = tracker.client.get_metric_history(c.info.run_id, primary)
         assert [h.step for h in hist] == [1, 2]
-    assert sorted(arms) == ["brain", "none", "noise", "shuffled"]
+    assert sorted(arms) == ["brain", "noise", "none", "shuffled"]
     brain = arms["brain"][0]
     arrays = run_arrays(tracker.client, brain.info.run_id)
     assert 2 in arrays
