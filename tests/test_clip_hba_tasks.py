@@ -456,3 +456,38 @@ def test_sweep_end_to_end_through_ray_and_mlflow(task, ray_session, tmp_path, mo
         "model_rdm", "triplets_vs_rdm")
     for panel in wanted:
         assert any(panel in f for f in figures), (panel, figures)
+
+
+@pytest.mark.unit
+@pytest.mark.skipif(not (SHARED_DATA / "eeg" / "eeglab_tutorial" / "eeglab_data.set").exists(),
+                    reason="needs ../shared/data/eeg/eeglab_tutorial")
+def test_meg_route_on_rdms_computed_from_a_real_recording(tmp_path):
+    """The EEGLAB tutorial recording's 80 'square' onsets, assigned to 12 conditions in
+    turn, give time-resolved RDMs (prepared once, cached) that 12 images are fitted to."""
+    from raybrain.data.clip_synthetic import procedural_images
+
+    np.save(tmp_path / "images.npy", procedural_images(12, 32, np.random.default_rng(0)))
+    (tmp_path / "labels.txt").write_text("\n".join(f"label {k}" for k in range(6)))
+    task = tasks.get("clip-hba-meg")
+    raw = {"source": "recording", "model": TINY, "images_file": str(tmp_path / "images.npy"),
+           "labels_file": str(tmp_path / "labels.txt"), "cache_dir": str(tmp_path / "cache"),
+           "recording": {"path": str(SHARED_DATA / "eeg" / "eeglab_tutorial" / "eeglab_data.set"),
+                         "events": ["square"], "labels": [k % 12 for k in range(80)],
+                         "tmin": -0.1, "tmax": 0.3},
+           "val_fraction": 0.34, "test_fraction": 0.25, "saliency_times_ms": [100.0],
+           "saliency_masks": 8}
+    data = task.parse_data(raw)
+    params = {"rank": 2, "epochs": 2, "stage1_epochs": 1, "batch_size": 6, "lr": 0.05,
+              "adapter_lr": 0.01, "half_width": 1}
+    task.check_data(data, {k: [v] for k, v in params.items()})
+    prepared, lines, files = task.prepare(data)
+    assert "12 conditions (correlation RDMs, computed and cached)" in lines[0] and files == []
+    assert task.prepare(data)[1][0].endswith("from the cache)")
+    loaded = task.load_data(task.parse_data(prepared), 0)
+    t = loaded.rdms.shape[1]
+    assert loaded.rdms.shape == (1, t, 12, 12) and t == len(loaded.times)
+    assert loaded.times[0] == pytest.approx(-0.1, abs=0.01)
+    run = task.build(loaded, {**task.defaults(), **params}, "real", seed=0)
+    metrics = {**run.train_epoch(), **run.evaluate()}
+    assert np.isfinite(metrics["loss"]) and np.isfinite(metrics["test_rsa_area"])
+    assert sum(k.startswith("rsa_t") for k in metrics) == t

@@ -82,6 +82,22 @@ def _abs(path: str | None) -> str | None:
     return None if path is None else str(Path(path).expanduser().resolve())
 
 
+def absolute_paths(task, data: BaseModel) -> dict[str, Any]:
+    """The data section with every path (``task.data_paths``, any depth) made absolute, as
+    trials receive it (a Ray trial may run in another working directory)."""
+
+    def walk(value, key=""):
+        if isinstance(value, dict):
+            return {k: walk(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v, key) for v in value]
+        if isinstance(value, str) and value and task.is_data_path_key(key):
+            return _abs(value)
+        return value
+
+    return walk(data.model_dump())
+
+
 # ------------------------------------------------------------------------- backbone
 @functools.lru_cache(maxsize=16)
 def model_geometry(model: str) -> dict[str, int]:

@@ -48,6 +48,7 @@ from raybrain.tasks._clip_common import (
     BACKBONE_PATHS,
     BackboneImages,
     CLIPRun,
+    absolute_paths,
     batches,
     check_adapters,
     check_backbone,
@@ -209,13 +210,17 @@ class CLIPHBABehaviorTask(Task):
             raise SpecError(f"the images ({n}) and the SPoSE targets ({len(things.spose)} rows) "
                             f"do not match; expected one image per SPoSE row, in row order")
         if names is not None:
-            for row, image in zip(things.rdm48_index, things.rdm48_images):
+            for row, image in zip(things.rdm48_index, things.rdm48_images, strict=True):
                 if Path(names[row]).name != image:
                     raise SpecError(f"image of SPoSE row {row} is {names[row]!r} but the "
                                     f"48-object RDM was measured on {image!r}; expected the "
                                     f"RDM's image for each of its 48 objects")
 
     # -- data --------------------------------------------------------------------------
+    def prepare(self, data: BehaviorData):
+        """Paths made absolute for the trials (nothing else is slow enough to prepare)."""
+        return absolute_paths(self, data), [], []
+
     def load_data(self, data: BehaviorData, data_seed: int) -> BehaviorTaskData:
         from raybrain.data.behaviour import behaviour_rdm, rescale_spose, restrict_triplets
 
@@ -259,7 +264,7 @@ class CLIPHBABehaviorTask(Task):
                                 triplets=triplets, odd=odd_h, data_seed=data_seed, data=data)
 
     def build(self, data: BehaviorTaskData, params: dict[str, Any], brain_source: str | None,
-              seed: int, device: str = "cpu") -> "BehaviorRun":
+              seed: int, device: str = "cpu") -> BehaviorRun:
         p = {**self.defaults(), **params}
         self.check_run_params(p, brain_source)
         return BehaviorRun(data, p, brain_source, seed, device)

@@ -49,7 +49,8 @@ No brain weight and no L2 arm (the targets are the only loss).
 
 Artifacts (model-derived only): the predicted RDM of the test stimuli at the chosen
 ``saliency_times_ms`` (``model_rdm_<k>``), RISE saliency maps of the first test image at
-those times (``saliency_<k>``, with the image as ``saliency_image``), and at the last epoch
+those times (``saliency_<k>``, divided by the masks' empirical coverage, with the image as
+``saliency_image``), and at the last epoch
 the whole held-out RDM stack (``heldout_rdms``, T x n_test x n_test) for the
 individual-differences analysis across personal models.
 """
@@ -72,6 +73,7 @@ from raybrain.tasks._clip_common import (
     BACKBONE_PATHS,
     BackboneImages,
     CLIPRun,
+    absolute_paths,
     batches,
     check_adapters,
     check_backbone,
@@ -474,16 +476,12 @@ class CLIPHBAMEGTask(Task):
                                   n_folds=rec.n_folds, cache_dir=data.cache_dir)
 
     def prepare(self, data: MEGData):
-        """A recording's RDMs are computed (and cached) once, in the sweep's driver."""
+        """Paths made absolute for the trials; a recording's RDMs computed (and cached) once,
+        in the sweep's driver."""
+        d = absolute_paths(self, data)
         if data.source != "recording":
-            return None, [], []
+            return d, [], []
         out = self._recording(data)
-        d = data.model_dump()
-        d["recording"]["path"] = str(Path(data.recording.path).expanduser().resolve())
-        for key in ("images_dir", "order_file", "images_file", "labels_file", "cache_dir",
-                    "pretrained"):
-            if d.get(key):
-                d[key] = str(Path(d[key]).expanduser().resolve())
         lines = [f"brain data: {out.rdms.shape[0]} time points x {out.rdms.shape[1]} conditions "
                  f"({data.recording.method} RDMs, "
                  f"{'computed and cached' if out.computed else 'from the cache'})"]
@@ -541,7 +539,7 @@ class CLIPHBAMEGTask(Task):
                            fingerprint=fingerprint)
 
     def build(self, data: MEGTaskData, params: dict[str, Any], brain_source: str | None,
-              seed: int, device: str = "cpu") -> "MEGRun":
+              seed: int, device: str = "cpu") -> MEGRun:
         p = {**self.defaults(), **params}
         self.check_run_params(p, brain_source)
         return MEGRun(data, p, brain_source, seed, device)
@@ -634,7 +632,7 @@ class MEGRun(CLIPRun):
             n += 1
         return {k: v / max(n, 1) for k, v in sums.items()}
 
-    def _embed(self, idx) -> "torch.Tensor":  # noqa: F821
+    def _embed(self, idx):
         """Embeddings (T, n, D) of stimuli ``idx`` in eval mode (no training noise)."""
         import torch
 
@@ -668,7 +666,7 @@ class MEGRun(CLIPRun):
                 if g_pred.std() > 0 and g_real.std() > 0 else 0.0)
         out = {"test_rsa_area": float(curve.mean()), "val_rsa_area": float(val_curve.mean()),
                "align_rsa_peak": float(curve.max()), "align_tg_r": tg_r}
-        for t, r in zip(d.times, curve):
+        for t, r in zip(d.times, curve, strict=True):
             out[f"rsa_t{1000 * t:g}"] = float(r)
         if self.part is not None and len(d.participants) > 1:
             out["test_own_minus_other_r"] = self._own_minus_other(pred_test.numpy())
@@ -696,7 +694,7 @@ class MEGRun(CLIPRun):
         """Predicted test RDMs and RISE maps at the chosen times (model-derived only)."""
         import torch
 
-        from raybrain.models.saliency import meg_saliency
+        from raybrain.models.saliency import meg_saliency, rise_masks
 
         rdms = getattr(self, "_last_test_rdms", None)
         if rdms is None or not np.isfinite(rdms).all():
@@ -709,8 +707,15 @@ class MEGRun(CLIPRun):
         maps = self._with_rng(lambda: meg_saliency(
             self._module(), image, ti, n_masks=d.data.saliency_masks,
             grid=d.data.saliency_grid, seed=0, batch_size=50))
+        # RISE assumes every pixel is kept with probability p_keep; a finite set of masks
+        # covers pixels unevenly, and with scores of similar size that unevenness is most
+        # of the raw map. Dividing by the masks' own coverage gives the mean score given
+        # that the pixel is kept (the same masks: same seed, grid and count).
+        masks = rise_masks(d.data.saliency_masks, tuple(image.shape[1:]),
+                           grid=d.data.saliency_grid, seed=0)
+        coverage = masks.mean(axis=0) / 0.5
         for k in range(len(ti)):
-            out[f"saliency_{k}"] = maps[k]
+            out[f"saliency_{k}"] = (maps[k] / np.maximum(coverage, 1e-6)).astype(np.float32)
         raw = d.images.pixels[first[0]]
         out["saliency_image"] = (raw.astype(np.float32) / 255.0 if raw.dtype == np.uint8
                                  else np.moveaxis(raw, 0, -1)).astype(np.float32)
