@@ -403,6 +403,42 @@ def test_paper_specs_validate_up_to_the_missing_weights(capsys):
         assert "CLIP checkpoint 'weights/ViT-L-14.pt' not found" in lines[0]
 
 
+@pytest.mark.unit
+def test_shipped_quick_specs_validate_and_paper_specs_hold_the_paper_settings(tmp_path,
+                                                                              monkeypatch):
+    import warnings
+
+    from raybrain.analysis.figures import load_dashboard
+    from raybrain.sweep import load_spec
+    from raybrain.sweep.spec import validate_spec
+    from tests.conftest import ROOT
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("clip_hba_behavior_quick", "clip_hba_behavior_quick_null", "clip_hba_meg_quick",
+                 "clip_hba_meg_quick_null"):
+        spec = load_spec(ROOT / "search_spaces" / f"{name}.yaml")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no warning either (seeds reach p < 0.05)
+            validate_spec(spec, name)
+        assert len(spec.seed_list) >= 5 and spec.data["model"] == TINY
+        assert spec.data["generator"] == ("null" if name.endswith("null") else "informative")
+        assert set(spec.arms.include) == {"brain", "shuffled", "noise", "none"}
+    beh = load_spec(ROOT / "search_spaces" / "clip_hba_behavior.yaml")
+    assert beh.data["model"] == "ViT-L-14" and beh.data["pretrained"]
+    assert 32 in beh.params["rank"]["choice"] and (beh.params["n_vision"], beh.params["n_text"]
+                                                   ) == ({"choice": [1, 2, 4]}, 1)
+    assert (beh.params["batch_size"], beh.params["epochs"], beh.params["patience"]) == (64, 500, 20)
+    meg = load_spec(ROOT / "search_spaces" / "clip_hba_meg.yaml")
+    assert meg.data["times_ms"] == [-100, 1300, 5] and meg.params["n_vision"] == -1
+    assert {"rank", "lr", "adapter_lr", "w2", "w3", "half_width", "noise_scale"} <= set(
+        meg.searched())
+    for task in ("clip-hba-behavior", "clip-hba-meg"):
+        t = tasks.get(task)
+        charts = load_dashboard(task, t.primary_metric, align_metrics=list(t.align_metrics))
+        assert charts["trajectory"]["metric"] == t.primary_metric
+    assert load_dashboard("clip-hba-meg", "test_rsa_area")["rsa_curve"]["prefix"] == "final_rsa_t"
+
+
 # --------------------------------------------------------------------------- sweeps
 def _sweep_spec(task: str, tmp_path) -> dict:
     smoke = copy.deepcopy(tasks.get(task).smoke)
