@@ -198,6 +198,56 @@ def test_meg_none_arm_predicts_one_static_rdm(meg):
         assert first[f"rsa_t{1000 * data.times[t]:g}"] == 0.0  # constant prediction scores 0
 
 
+@pytest.mark.unit
+def test_saliency_maps_are_divided_by_the_masks_coverage(meg, monkeypatch):
+    """Scores that do not depend on the image give a raw RISE map equal to the masks'
+    coverage; the kept map is then flat (the score itself)."""
+    import raybrain.models.saliency as saliency
+
+    task, data, p = meg
+    run = task.build(data, p, "real", seed=0)
+    run.evaluate()
+    n, grid = data.data.saliency_masks, data.data.saliency_grid
+    coverage = saliency.rise_masks(n, 32, grid=grid, seed=0).mean(0) / 0.5
+    assert coverage.std() > 0.05  # the raw map would be far from flat
+    monkeypatch.setattr(saliency, "meg_saliency",
+                        lambda model, image, ti, **kw: np.stack([0.7 * coverage] * len(ti)))
+    arrays = run.artifacts()
+    for k in range(len(data.data.saliency_times_ms)):
+        np.testing.assert_allclose(arrays[f"saliency_{k}"], 0.7, rtol=1e-5)
+
+
+@pytest.mark.unit
+def test_a_checkpoint_backbone_is_shared_by_runs_and_the_head_scale_is_per_run(tmp_path):
+    """Runs built from one weights file share its frozen tensors (a process holds the
+    backbone once); each has its own adapters and, with data.logit_scale, its own scale."""
+    from raybrain.data.images import ImageSet
+    from raybrain.models.clip import CLIPHBABehavior, build_clip, tokenize_labels
+
+    torch.manual_seed(5)
+    ref = build_clip(TINY)
+    torch.save(ref.state_dict(), tmp_path / "tiny.pt")
+    task = tasks.get("clip-hba-behavior")
+    raw = {**task.smoke["data"], "pretrained": str(tmp_path / "tiny.pt"), "logit_scale": 100.0}
+    data = task.load_data(task.parse_data(raw), 0)
+    p = {**task.defaults(), **task.smoke["params"]}
+    a = task.build(data, p, "real", seed=0)
+    b = task.build(data, p, "shuffled", seed=1)
+    wa = a.model.clip.visual.conv1.weight
+    wb = b.model.clip.visual.conv1.weight
+    assert wa.data_ptr() == wb.data_ptr() and not wa.requires_grad
+    ad_a, ad_b = _adapters(a), _adapters(b)
+    assert all(ad_a[k].data_ptr() != ad_b[k].data_ptr() for k in ad_a)
+    assert float(a.model.clip.logit_scale.exp()) == pytest.approx(100.0)
+    # at initialisation the run's head is the checkpoint's model with the scale fixed
+    model = CLIPHBABehavior(ref, tokenize_labels(TINY, data.labels)).eval()
+    x = torch.from_numpy(ImageSet(data.images.pixels, [], "things").batch(data.test))
+    with torch.no_grad():
+        want = model(x) * 100.0 / float(ref.logit_scale.exp())
+        got = a._module().eval()(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
 # --------------------------------------------------------------------------- controls
 @pytest.mark.unit
 def test_stimulus_controls_keep_statistics_and_drop_correspondence():
