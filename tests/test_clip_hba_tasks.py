@@ -345,6 +345,54 @@ def test_arm_views_change_only_training_and_validation_stimuli(behaviour, meg):
         np.testing.assert_allclose(np.sort(nv.stack[0, t][iu]), real_vals, atol=1e-6)
 
 
+@pytest.mark.unit
+def test_meg_route_on_an_rdm_file(tmp_path):
+    """A (participants, T, N, N) file: checked, its scaling range found once (prepare),
+    personal targets read by row, images matched by name through stimuli_file."""
+    from raybrain.data.clip_synthetic import procedural_images
+    from raybrain.errors import SpecError
+
+    stack = _rdm_stack(9, 24, p=2)
+    stack[1] *= 2.0  # the second participant's dissimilarities are twice the first's
+    np.save(tmp_path / "rdms.npy", stack)
+    np.save(tmp_path / "images.npy", procedural_images(24, 32, np.random.default_rng(0)))
+    (tmp_path / "labels.txt").write_text("\n".join(f"label {k}" for k in range(6)))
+    task = tasks.get("clip-hba-meg")
+    raw = {"source": "rdm_file", "rdm_file": str(tmp_path / "rdms.npy"), "model": TINY,
+           "times_ms": [-100, 300, 50], "participants": ["ann", "bob"],
+           "images_file": str(tmp_path / "images.npy"),
+           "labels_file": str(tmp_path / "labels.txt"), "saliency_times_ms": [100.0],
+           "val_fraction": 0.25, "test_fraction": 0.25}
+    data = task.parse_data(raw)
+    task.check_data(data, {"participant": ["bob"], "rank": [2]})
+    prepared, lines, _ = task.prepare(data)
+    assert lines[0] == "brain data: RDMs (2, 9, 24, 24) (in memory)"
+    assert prepared["scale_range"] == [0.0, float(stack.max())]
+    loaded = task.load_data(task.parse_data(prepared), 0)
+    assert loaded.participants == ["ann", "bob"] and loaded.rdms.shape == (2, 9, 24, 24)
+    idx = loaded.train[:4]
+    want = stack[1][:, idx][:, :, idx] / stack.max()
+    np.testing.assert_allclose(loaded.targets(loaded.view("real"), idx, 1), want, rtol=1e-6)
+    run = task.build(loaded, {**task.defaults(), "rank": 2, "epochs": 1, "batch_size": 6,
+                              "stage1_epochs": 0, "participant": "bob"}, "real", seed=0)
+    m = {**run.train_epoch(), **run.evaluate()}
+    assert np.isfinite(m["loss"]) and "test_own_minus_other_r" in m
+    # stimulus names that do not follow the images' order file are refused
+    names = [f"img_{k}.png" for k in range(24)]
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    from PIL import Image
+
+    for name in names:
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / name)
+    (tmp_path / "order.txt").write_text("\n".join(names))
+    (tmp_path / "stimuli.txt").write_text("\n".join([names[1], names[0], *names[2:]]))
+    bad = {**raw, "images_file": None, "images_dir": str(folder),
+           "order_file": str(tmp_path / "order.txt"), "stimuli_file": str(tmp_path / "stimuli.txt")}
+    with pytest.raises(SpecError, match="image 0 is 'img_0.png' but RDM stimulus 0 is 'img_1.png'"):
+        task.check_data(task.parse_data(bad), {})
+
+
 # --------------------------------------------------------------------------- bad input
 def _validate(spec: dict, tmp_path, capsys) -> tuple[int, str]:
     """``raybrain validate`` on ``spec`` (written beside ``tmp_path``, not in it)."""
@@ -570,6 +618,7 @@ def test_meg_route_on_rdms_computed_from_a_real_recording(tmp_path):
     assert "12 conditions (correlation RDMs, computed and cached)" in lines[0] and files == []
     assert task.prepare(data)[1][0].endswith("from the cache)")
     loaded = task.load_data(task.parse_data(prepared), 0)
+    assert [loaded.lo, loaded.hi] == prepared["scale_range"]  # found once, in the driver
     t = loaded.rdms.shape[1]
     assert loaded.rdms.shape == (1, t, 12, 12) and t == len(loaded.times)
     assert loaded.times[0] == pytest.approx(-0.1, abs=0.01)
@@ -577,3 +626,31 @@ def test_meg_route_on_rdms_computed_from_a_real_recording(tmp_path):
     metrics = {**run.train_epoch(), **run.evaluate()}
     assert np.isfinite(metrics["loss"]) and np.isfinite(metrics["test_rsa_area"])
     assert sum(k.startswith("rsa_t") for k in metrics) == t
+
+
+@pytest.mark.unit
+@pytest.mark.skipif(not (SHARED_DATA / "things").exists(), reason="needs ../shared/data/things")
+def test_things_targets_route_with_stand_in_images(tmp_path):
+    """The THINGS source on the real targets (images here are stand-ins: the THINGS images
+    are not available): the 48 RDM objects are the test set, the RDM follows them, the
+    human trials kept are the held-out ones, and the untouched backbone is scored."""
+    from raybrain.data.clip_synthetic import procedural_images
+    from raybrain.data.things import load_things_targets
+
+    things = load_things_targets(SHARED_DATA / "things")
+    np.save(tmp_path / "images.npy", procedural_images(1854, 8, np.random.default_rng(0)))
+    task = tasks.get("clip-hba-behavior")
+    data = task.load_data(task.parse_data(
+        {"source": "things", "things_dir": str(SHARED_DATA / "things"), "model": TINY,
+         "images_file": str(tmp_path / "images.npy")}), 0)
+    np.testing.assert_array_equal(data.test, np.sort(things.rdm48_index))
+    k = int(np.argmin(things.rdm48_index))  # the RDM row of the first test object
+    j = int(np.argsort(things.rdm48_index)[1])
+    assert data.test_rdm[0, 1] == things.rdm48[k, j]
+    assert len(data.val) == round(0.2 * 1806) and len(data.train) == 1806 - len(data.val)
+    assert 100 < len(data.triplets) < 400  # ~1% of the 20,000 human trials
+    assert data.targets.shape == (1854, 66) and data.targets.max() == pytest.approx(100.0)
+    run = task.build(data, {**task.defaults(), "rank": 4}, None, seed=0)
+    m = run.evaluate()
+    assert all(np.isfinite(m[k]) for k in ("test_rdm_spearman", "test_triplet_accuracy",
+                                           "test_mse", "align_cka"))

@@ -145,6 +145,9 @@ class MEGData(BackboneImages):
     test_fraction: float = Field(0.2, gt=0, lt=1)
     #: scale target RDMs to [0, 1] by the stack's global min and max (the CLIP-HBA code)
     scale_targets: bool = True
+    #: [min, max] used for that scaling; left empty it is computed once, in the sweep's
+    #: driver (a read of the whole stack, block by block), and handed to the trials
+    scale_range: list[float] | None = None
     #: smoothing (samples) of 1 - beta_T before it becomes the noise level (CLIP-HBA: 3)
     noise_sigma: float = Field(3.0, ge=0)
     saliency_times_ms: list[float] = [100.0, 200.0, 400.0]
@@ -161,6 +164,10 @@ class MEGData(BackboneImages):
 
     @model_validator(mode="after")
     def _check(self):
+        if self.scale_range is not None and (len(self.scale_range) != 2
+                                             or not self.scale_range[1] > self.scale_range[0]):
+            raise ValueError(f"data.scale_range must be [min, max] with max > min, got "
+                             f"{self.scale_range}")
         if self.times_ms is not None and len(self.times_ms) != 3:
             raise ValueError(f"data.times_ms must be [start, stop, step] in ms, got "
                              f"{self.times_ms}")
@@ -476,15 +483,31 @@ class CLIPHBAMEGTask(Task):
                                   n_folds=rec.n_folds, cache_dir=data.cache_dir)
 
     def prepare(self, data: MEGData):
-        """Paths made absolute for the trials; a recording's RDMs computed (and cached) once,
-        in the sweep's driver."""
+        """Done once, in the sweep's driver: paths made absolute, a recording's RDMs computed
+        (and cached), an RDM file read and checked, and the scaling range found (so trials
+        never scan a large stack for it)."""
+        from raybrain.data.meg_targets import rdm_value_range
+
         d = absolute_paths(self, data)
-        if data.source != "recording":
-            return d, [], []
-        out = self._recording(data)
-        lines = [f"brain data: {out.rdms.shape[0]} time points x {out.rdms.shape[1]} conditions "
-                 f"({data.recording.method} RDMs, "
-                 f"{'computed and cached' if out.computed else 'from the cache'})"]
+        lines: list[str] = []
+        if data.source == "synthetic":
+            return d, lines, []
+        if data.source == "recording":
+            out = self._recording(data)
+            rdms = out.rdms
+            lines.append(f"brain data: {out.rdms.shape[0]} time points x {out.rdms.shape[1]} "
+                         f"conditions ({data.recording.method} RDMs, "
+                         f"{'computed and cached' if out.computed else 'from the cache'})")
+        else:
+            from raybrain.data.rdm import is_memory_mapped, load_rdm
+
+            rdms = load_rdm(data.rdm_file, key=data.rdm_key, nan_policy=data.nan_policy)
+            lines.append(f"brain data: RDMs {tuple(rdms.shape)} "
+                         f"({'memory-mapped' if is_memory_mapped(rdms) else 'in memory'})")
+        if data.scale_targets and data.scale_range is None:
+            d["scale_range"] = list(rdm_value_range(rdms))
+            lines.append(f"  targets scaled by their range {d['scale_range'][0]:.4g} .. "
+                         f"{d['scale_range'][1]:.4g}")
         return d, lines, []
 
     def load_data(self, data: MEGData, data_seed: int) -> MEGTaskData:
@@ -528,7 +551,12 @@ class CLIPHBAMEGTask(Task):
             fingerprint = json.dumps([data.recording.model_dump(), rdms.shape], default=str)
         check_stimuli(len(images), rdms, "target RDMs")
         ids = _participant_ids(data, rdms.shape[0])
-        lo_v, hi_v = rdm_value_range(rdms) if data.scale_targets else (0.0, 1.0)
+        if not data.scale_targets:
+            lo_v, hi_v = 0.0, 1.0
+        elif data.scale_range is not None:
+            lo_v, hi_v = data.scale_range
+        else:
+            lo_v, hi_v = rdm_value_range(rdms)
         if not hi_v > lo_v:
             raise SpecError(f"target RDMs hold one value only ({lo_v}); nothing to fit")
         train, val, test = split_stimuli(rdms.shape[-1], data.val_fraction, data.test_fraction,
