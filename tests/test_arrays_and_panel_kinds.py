@@ -166,3 +166,38 @@ def test_arrays_derived_from_brain_data_only_on_opt_in(tmp_path):
             ex.step()
         assert sorted(stored) == names
     assert stored["brain_rdm"].shape == stored["model_rdm"].shape
+
+
+def test_the_pairwise_panel_compares_models_with_their_targets(tmp_path):
+    """Known answer: four 'participants' whose targets differ by known amounts and models
+    that copy them: model-to-model dissimilarity tracks participant-to-participant
+    dissimilarity (r = 1); without the targets the panel says they were not saved."""
+    from raybrain.analysis.panel_kinds import dissimilarity, pairwise_panel
+
+    rng = np.random.default_rng(0)
+    base = rng.random((3, 6, 6))
+    targets = {}
+    for i, who in enumerate(["s1", "s2", "s3", "s4"]):
+        t = base + (i + 1) * 0.15 * rng.random((3, 6, 6))
+        targets[who] = (t + t.transpose(0, 2, 1)) / 2
+    runs, arrays = [], {}
+    for who, t in targets.items():
+        rec = {"arm": "brain", "seed": 0, "config_id": who, "baseline_key": "b",
+               "label": {"participant": who}, "final": 0.5, "area": 0.5, "best": 0.5,
+               "val": 0.5, "diverged": False, "baseline": False}
+        runs.append(RunInfo(who, who, rec, {}))
+        arrays[who] = {7: {"heldout_rdms": t + 1e-3 * rng.random(t.shape), "target_rdms": t}}
+    data = _report_data(tmp_path, {})
+    data.runs = runs
+    data.arrays_fn = lambda run_id: arrays[run_id]
+    panel = pairwise_panel(data, "ind", {"array": "heldout_rdms", "reference": "target_rdms",
+                                         "by": "participant"})
+    assert panel.stats["n"] == 4 and panel.stats["spearman_r"] > 0.9
+    d = dissimilarity([np.arange(5.0), np.arange(5.0)[::-1], np.arange(5.0)])
+    assert d[0, 1] == pytest.approx(2.0) and d[0, 2] == pytest.approx(0.0)
+    for who in arrays:  # the spec did not log brain data: no targets
+        del arrays[who][7]["target_rdms"]
+    data._arrays.clear()
+    panel = pairwise_panel(data, "ind", {"array": "heldout_rdms", "reference": "target_rdms",
+                                         "by": "participant"})
+    assert panel.stats["spearman_r"] is None and "not saved" in panel.caption

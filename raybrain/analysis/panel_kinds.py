@@ -22,6 +22,15 @@
 
                  rdms: {kind: arrays, names: [model_rdm, brain_rdm], title: ...}
 
+``pairwise`` second-order comparison across configs: for each value of a param (``by``,
+             e.g. the participant), the brain run of the first seed; the dissimilarity
+             (1 - Spearman) between every two runs' saved ``array`` (their models) against
+             the same between their ``reference`` arrays (their brain targets, saved only
+             when the spec logs brain data), and the Spearman r between the two::
+
+                 individual_differences: {kind: pairwise, array: heldout_rdms,
+                                          reference: target_rdms, by: participant}
+
 Every kind accepts ``title`` and ``show``; a kind's own keys are checked (an unknown key
 is a one-line error naming it).
 """
@@ -40,8 +49,10 @@ KIND_KEYS = {
     "scatter": {"kind", "x", "y", "title", "xlabel", "ylabel", "show", "arms"},
     "curve": {"kind", "prefix", "title", "xlabel", "ylabel", "show", "x_values"},
     "arrays": {"kind", "names", "title", "show", "epochs", "arm"},
+    "pairwise": {"kind", "array", "reference", "by", "arm", "title", "show"},
 }
-REQUIRED = {"scatter": ("x", "y"), "curve": ("prefix",), "arrays": ("names",)}
+REQUIRED = {"scatter": ("x", "y"), "curve": ("prefix",), "arrays": ("names",),
+            "pairwise": ("array", "by")}
 
 
 def check_panel(path, name: str, settings: dict[str, Any]) -> None:
@@ -61,8 +72,8 @@ def check_panel(path, name: str, settings: dict[str, Any]) -> None:
 
 def draw(data, name: str, chart: dict[str, Any]):
     """The :class:`~raybrain.analysis.figures.Panel` of a generic panel (None: no data)."""
-    return {"scatter": scatter_panel, "curve": curve_panel,
-            "arrays": arrays_panel}[chart["kind"]](data, name, chart)
+    return {"scatter": scatter_panel, "curve": curve_panel, "arrays": arrays_panel,
+            "pairwise": pairwise_panel}[chart["kind"]](data, name, chart)
 
 
 def _color(arm: str, i: int) -> str:
@@ -223,3 +234,85 @@ def arrays_panel(data, name: str, chart: dict[str, Any]):
                f"{runs[0].record['seed']} at config {config}, at epochs "
                f"{', '.join(map(str, epochs))}.")
     return Panel(name, fig, caption, title)
+
+
+# --------------------------------------------------------------------------- pairwise
+def _upper(a) -> np.ndarray:
+    """The upper triangles (k=1) of a matrix or a stack of them, concatenated."""
+    a = np.asarray(a, dtype=float)
+    n = a.shape[-1]
+    iu = np.triu_indices(n, 1)
+    return a[..., iu[0], iu[1]].reshape(-1)
+
+
+def dissimilarity(vectors: list[np.ndarray]) -> np.ndarray:
+    """(k, k) matrix of 1 - Spearman r between every two vectors."""
+    from scipy.stats import spearmanr
+
+    k = len(vectors)
+    out = np.zeros((k, k))
+    for i in range(k):
+        for j in range(i + 1, k):
+            r = spearmanr(vectors[i], vectors[j]).statistic
+            out[i, j] = out[j, i] = 1.0 - (float(r) if np.isfinite(r) else 0.0)
+    return out
+
+
+def pairwise_panel(data, name: str, chart: dict[str, Any]):
+    from scipy.stats import spearmanr
+
+    from raybrain.analysis.figures import Panel, _no_data, new_figure
+
+    by, arm = chart["by"], chart.get("arm", "brain")
+    title = chart.get("title", f"{chart['array']} across {by}")
+    picked: dict[str, Any] = {}
+    for r in sorted((r for r in data.runs if r.arm == arm and by in r.record["label"]),
+                    key=lambda r: r.record["seed"]):
+        picked.setdefault(str(r.record["label"][by]), r)
+    keys = sorted(picked)
+    model, reference = [], []
+    for k in keys:
+        arrays = data.arrays(picked[k].run_id) if data.arrays_fn else {}
+        last = max(arrays) if arrays else None
+        last_with = lambda n: max((e for e in arrays if n in arrays[e]), default=None)  # noqa: E731
+        em, er = last_with(chart["array"]), last_with(chart.get("reference", ""))
+        if em is not None:
+            model.append((k, _upper(arrays[em][chart["array"]])))
+        if er is not None and chart.get("reference"):
+            reference.append((k, _upper(arrays[er][chart["reference"]])))
+        del last
+    if len(model) < 3:
+        fig = new_figure(5.0, 3.0)
+        _no_data(fig.add_subplot(), f"needs saved '{chart['array']}' for at least 3 values of "
+                                    f"'{by}' (the {arm} arm); found {len(model)}")
+        return Panel(name, fig, f"{title}: not enough runs to compare.", title)
+    names = [k for k, _ in model]
+    dm = dissimilarity([v for _, v in model])
+    have_ref = [k for k, _ in reference] == names
+    fig = new_figure(9.4 if have_ref else 5.2, 4.2)
+    axes = fig.subplots(1, 2 if have_ref else 1, squeeze=False)[0]
+    r_text = "reference not saved (the spec does not log brain data)"
+    stats = {"n": len(names), "spearman_r": None}
+    panels = [(axes[0], dm, f"models: 1 - Spearman ({chart['array']})")]
+    if have_ref:
+        dr = dissimilarity([v for _, v in reference])
+        iu = np.triu_indices(len(names), 1)
+        rho = float(spearmanr(dm[iu], dr[iu]).statistic)
+        stats["spearman_r"] = rho
+        r_text = f"Spearman r between the two = {rho:.2f} ({len(iu[0])} pairs)"
+        panels.append((axes[1], dr, f"targets: 1 - Spearman ({chart['reference']})"))
+    for ax, m, sub in panels:
+        im = ax.imshow(m, cmap="magma", interpolation="nearest")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+        ax.set_xticks(range(len(names)))
+        ax.set_yticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=90, fontsize=7)
+        ax.set_yticklabels(names, fontsize=7)
+        ax.set_title(sub, fontsize=9)
+    fig.suptitle(f"{title}\n{r_text}", fontsize=10)
+    caption = (f"{title.capitalize()}: for each {by} ({len(names)}), the {arm} run of the first "
+               f"seed; left, how differently the models predict (1 - Spearman between their "
+               f"'{chart['array']}'); right, how differently the targets look; {r_text}.")
+    panel = Panel(name, fig, caption, title)
+    panel.stats = stats
+    return panel

@@ -718,8 +718,11 @@ class MEGRun(CLIPRun):
         t = self.data.times * 1000
         return np.array([int(np.argmin(np.abs(t - ms))) for ms in self.data.data.saliency_times_ms])
 
-    def artifacts(self) -> dict[str, Any]:
-        """Predicted test RDMs and RISE maps at the chosen times (model-derived only)."""
+    def artifacts(self, brain_data: bool = False) -> dict[str, Any]:
+        """Predicted test RDMs and RISE maps at the chosen times (model-derived); at the
+        last epoch the whole predicted held-out stack ``heldout_rdms`` and, only with
+        ``brain_data`` (the spec's ``tracking.log_brain_data``), the run's target stack of
+        the same stimuli ``target_rdms`` (for the individual-differences panel)."""
         import torch
 
         from raybrain.models.saliency import meg_saliency, rise_masks
@@ -749,6 +752,9 @@ class MEGRun(CLIPRun):
                                  else np.moveaxis(raw, 0, -1)).astype(np.float32)
         if self.stopped or self.epoch >= self.epochs:
             out["heldout_rdms"] = rdms
+            if brain_data:
+                out["target_rdms"] = np.asarray(
+                    d.targets(d.view("real"), d.test, self.part), dtype=np.float32)
         return out
 
 
