@@ -162,9 +162,15 @@ class LLMData(BaseModel):
         if self.source == "files" and not (self.problems and self.responses):
             raise ValueError("data.source 'files' needs data.problems (JSONL) and "
                              "data.responses (.npy, .npz or .h5)")
-        if self.source == "synthetic" and (self.problems or self.responses or self.ids_file):
-            raise ValueError("data.problems, data.responses and data.ids_file are read only "
-                             "with data.source 'files'")
+        synthetic_only = ("n_problems", "n_transfer", "types", "lexical_roles", "n_entities",
+                          "shuffle_premises", "generator", "snr", "n_voxels", "n_repeats")
+        files_only = ("problems", "responses", "ids_file", "responses_key", "ids_key")
+        wrong = files_only if self.source == "synthetic" else synthetic_only
+        given = [k for k in wrong if k in self.model_fields_set]
+        if given:
+            other = "files" if self.source == "synthetic" else "synthetic"
+            raise ValueError(f"data.{given[0]} is read only with data.source '{other}', got "
+                             f"source '{self.source}'")
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError(f"data.val_fraction + data.test_fraction must be < 1, got "
                              f"{self.val_fraction} + {self.test_fraction}")
