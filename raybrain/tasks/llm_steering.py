@@ -166,7 +166,9 @@ class LLMData(BaseModel):
                           "shuffle_premises", "generator", "snr", "n_voxels", "n_repeats")
         files_only = ("problems", "responses", "ids_file", "responses_key", "ids_key")
         wrong = files_only if self.source == "synthetic" else synthetic_only
-        given = [k for k in wrong if k in self.model_fields_set]
+        # given and not the default (a prepared section lists every key with its value)
+        given = [k for k in wrong if k in self.model_fields_set
+                 and getattr(self, k) != type(self).model_fields[k].default]
         if given:
             other = "files" if self.source == "synthetic" else "synthetic"
             raise ValueError(f"data.{given[0]} is read only with data.source '{other}', got "
@@ -870,7 +872,19 @@ class LLMRun(TorchRun):
         self._module().load_state_dict(state, strict=False)
 
     def wrap_model(self, wrap) -> None:
-        """Data-parallel training: the wrapper handles calls, the LM everything else."""
+        """Data-parallel training: the wrapper handles calls, the LM everything else.
+
+        A model spread over devices by ``data.device_map`` is left where it is (a Train
+        worker must not move it), and refuses more than one worker.
+        """
+        if self.data.settings.device_map is not None:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                raise SpecError(f"data.device_map {self.data.settings.device_map!r} places one "
+                                f"model over the devices of one worker; set "
+                                f"resources.num_workers: 1 (got {dist.get_world_size()})")
+            return
         wrapped = wrap(self._module())
         self.model = _ParallelLM(wrapped) if hasattr(wrapped, "module") else wrapped
 
