@@ -387,6 +387,14 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys):
         assert needle in err[0], (needle, err[0])
     # nothing written: no MLflow store, no results folder
     assert not (tmp_path / "m.db").exists() and not (tmp_path / "results").exists()
+    # single-repeat responses have no noise ceiling: predictivity refuses them
+    np.save(tmp_path / "r1.npy", np.zeros((36, 5), dtype=np.float32))
+    (tmp_path / "r1.ids.txt").write_text("\n".join(ids) + "\n")
+    spec = _spec(data={**files, "responses": str(tmp_path / "r1.npy")})
+    for k in ("n_problems", "n_transfer", "n_voxels", "snr"):
+        spec["data"].pop(k, None)
+    code, err = _validate(tmp_path, capsys, spec)
+    assert code == 2 and len(err) == 1 and "at least 2 repeats" in err[0], err
     # missing rows name the problem
     (tmp_path / "r.ids.txt").write_text("\n".join(ids[:-1] + [ids[0]]) + "\n")
     spec = _spec(data=files)
