@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import io
-import json
 
 import numpy as np
 import pytest
@@ -158,8 +157,8 @@ def test_inference_mode_trains_language_only_and_steers_at_evaluation(data):
     tb, tn = brain.train_epoch(), none.train_epoch()
     shuffled.train_epoch()
     assert tb == tn
-    assert all(torch.equal(a, b) for a, b in zip(_weights(brain).values(),
-                                                   _weights(none).values()))
+    wn = _weights(none)
+    assert all(torch.equal(v, wn[k]) for k, v in _weights(brain).items())
     lp_before = brain._score("test")[0]
     eb, en, es = brain.evaluate(), none.evaluate(), shuffled.evaluate()
     # the hook changed what was scored, differently for each arm's directions...
@@ -373,7 +372,8 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys):
         (_spec(data={"checkpoints": [str(tmp_path / "gone")]}, params={"model": "gone"}),
          "not found"),
         (_spec(params={"model": "gpt-9"}), "params.model 'gpt-9' is neither 'tiny' nor"),
-        (_spec(params={"directions": "cca", "tiny_hidden": 32}), "needs fewer dimensions than training problems"),
+        (_spec(params={"directions": "cca", "tiny_hidden": 32}),
+         "needs fewer dimensions than training problems"),
         (_spec(params={"tiny_hidden": 15}), "tiny_hidden (15) must be divisible"),
         (_spec(data={"predictivity": {"layers": [7]}}), "data.predictivity.layers has 7"),
         (_spec(params={"alpha": 0.0}), "params.alpha must be > 0 for the brain arm"),

@@ -280,8 +280,14 @@ def _sub_seed(data_seed: int, k: int) -> int:
 
 def load_problems_and_brain(data: LLMData, data_seed: int):
     """``(problems, brain, splits)`` of a data section, deterministic in ``data_seed``."""
-    from raybrain.data.reasoning import (TYPES, generate_problems, load_brain, load_problems,
-                                         split_problems, synthetic_brain)
+    from raybrain.data.reasoning import (
+        TYPES,
+        generate_problems,
+        load_brain,
+        load_problems,
+        split_problems,
+        synthetic_brain,
+    )
 
     held = data.held_out_types()
     if data.source == "synthetic":
@@ -315,8 +321,8 @@ def load_problems_and_brain(data: LLMData, data_seed: int):
                            key=data.responses_key, ids_key=data.ids_key)
     # split by position: tag every problem with its index through its id
     pos = {pid: k for k, pid in enumerate(problems.ids)}
-    train_val, test, transfer = split_problems(problems, data.test_fraction, _sub_seed(data_seed, 4),
-                                               held_out_types=held)
+    train_val, test, transfer = split_problems(problems, data.test_fraction,
+                                               _sub_seed(data_seed, 4), held_out_types=held)
     frac = data.val_fraction / (1.0 - data.test_fraction)
     train, val, _ = split_problems(train_val, frac, _sub_seed(data_seed, 5))
     idx = {name: np.array([pos[i] for i in s.ids], dtype=np.int64)
@@ -422,7 +428,7 @@ class LLMSteering(Task):
         vals = lambda k: params.get(k, [self.params[k].default])  # noqa: E731
         shapes = self._model_shapes(data, vals)
         pred = data.predictivity
-        for model, (n_blocks, hidden) in shapes.items():
+        for model, (n_blocks, _hidden) in shapes.items():
             for layer in vals("layer"):
                 if not 0 <= int(layer) <= n_blocks:
                     raise SpecError(f"params.layer {layer} is outside model {model!r}, which has "
