@@ -20,6 +20,7 @@ from raybrain.data.reasoning import (
     save_problems,
     shuffle_responses,
     split_problems,
+    surrogate_responses,
     synthetic_brain,
 )
 from raybrain.errors import SpecError
@@ -274,6 +275,34 @@ def test_shuffle_responses_permutes_whole_problems():
     assert out.ids == brain.ids
     for k in range(30):
         assert np.array_equal(out.repeats[:, k], brain.repeats[:, perm[k]])
+
+
+def test_surrogate_responses_keep_the_covariance_and_lose_the_problems():
+    ps = generate_problems(40, seed=1)
+    brain = synthetic_brain(ps, np.random.default_rng(0), n_voxels=6, snr=2.0)
+    y = brain.repeats.astype(np.float64)
+    out = surrogate_responses(brain, np.random.default_rng(3))
+    assert out.repeats.shape == brain.repeats.shape and out.ids == brain.ids
+    assert out.repeats.dtype == np.float32
+    # known answer: over draws, the surrogate's second moment about the voxel means is the
+    # data's sample covariance, per repeat
+    draws = [surrogate_responses(brain, np.random.default_rng(100 + k)).repeats
+             for k in range(400)]
+    for r in range(2):
+        want = np.cov(y[r], rowvar=False)
+        got = np.mean([np.einsum("iv,iw->vw", d[r] - y[r].mean(0), d[r] - y[r].mean(0)) / 40
+                       for d in draws], axis=0)
+        np.testing.assert_allclose(got, want, rtol=0.1, atol=0.1 * np.abs(want).max())
+    # no correspondence: about the voxel means, a surrogate problem's response does not
+    # follow its own problem's (0 on average over draws; the data itself gives 1)
+    yc = (y[0] - y[0].mean(0)).ravel()
+    r_own = [np.corrcoef((d[0] - y[0].mean(0)).ravel(), yc)[0, 1] for d in draws]
+    assert abs(np.mean(r_own)) < 0.03 and np.std(r_own) < 0.3
+    # one mixture for every repeat: identical repeats stay identical
+    same = synthetic_brain(ps, np.random.default_rng(0), n_voxels=6)
+    same.repeats[1] = same.repeats[0]
+    twin = surrogate_responses(same, np.random.default_rng(5)).repeats
+    np.testing.assert_array_equal(twin[0], twin[1])
 
 
 # ------------------------------------------------------------------------ user brain files

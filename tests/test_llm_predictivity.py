@@ -161,7 +161,8 @@ def _planted(n=300, hidden=40, voxels=30, rank=2, informative=True, seed=0):
     return x, y, a, z
 
 
-@pytest.mark.parametrize("method,pca", [("pls", None), ("plssvd", None), ("cca", 10)])
+@pytest.mark.parametrize("method,pca", [("pls", None), ("plssvd", None), ("cca", 10),
+                                        ("ridge", None)])
 def test_joint_directions_recover_a_planted_shared_subspace(method, pca):
     x, y, a, z = _planted()
     jd = joint_directions(x, y, rank=2, method=method, pca=pca)
@@ -181,11 +182,40 @@ def test_joint_directions_recover_a_planted_shared_subspace(method, pca):
         assert np.corrcoef(mc[:, k], c[:, k])[0, 1] > 0.8
 
 
-@pytest.mark.parametrize("method,pca", [("pls", None), ("cca", 10)])
+@pytest.mark.parametrize("method,pca", [("pls", None), ("cca", 10), ("ridge", None)])
 def test_joint_directions_do_not_find_structure_in_a_null_brain(method, pca):
     x, y, a, _ = _planted(informative=False)
     jd = joint_directions(x, y, rank=2, method=method, pca=pca)
     assert np.degrees(subspace_angles(jd.basis.T, a.T)).min() > 45
+
+
+def test_ridge_directions_match_the_closed_form_reduced_rank_ridge():
+    """W = (Xc'Xc + lam I)^-1 Xc'Yz by a linear solve; the brain side is the top right
+    singular vectors of Xc W, the model side W V_r orthonormalised (same span, same
+    order)."""
+    from raybrain.align.predictivity import ridge_directions
+
+    x, y, _, _ = _planted(n=80, hidden=12, voxels=9, rank=3, seed=3)
+    lam = 7.0
+    jd = ridge_directions(x, y, rank=3, ridge_lambda=lam)
+    xc = x - x.mean(0)
+    yz = (y - y.mean(0)) / y.std(0)
+    w = np.linalg.solve(xc.T @ xc + lam * np.eye(12), xc.T @ yz)
+    _, _, vt = np.linalg.svd(xc @ w, full_matrices=False)
+    v = vt[:3].T
+    signs = np.sign(np.sum(jd.brain_weights * v, axis=0))
+    np.testing.assert_allclose(jd.brain_weights, v * signs, atol=1e-8)
+    q, _ = np.linalg.qr(w @ v)
+    for k in range(1, 4):  # nested spans: Gram-Schmidt in order
+        np.testing.assert_allclose(jd.basis[:k].T @ jd.basis[:k], q[:, :k] @ q[:, :k].T,
+                                   atol=1e-8)
+    assert jd.method == "ridge" and jd.ridge_lambda == lam
+    # without a lambda, RidgeCV's leave-one-out search picks one from the grid
+    grid = (0.1, 10.0, 1000.0)
+    chosen = ridge_directions(x, y, rank=3, alphas=grid)
+    assert chosen.ridge_lambda in grid
+    with pytest.raises(SpecError, match="ridge lambda must be"):
+        ridge_directions(x, y, rank=3, ridge_lambda=-1.0)
 
 
 def test_random_directions_are_orthonormal_and_unrelated():

@@ -45,6 +45,15 @@ Joint directions
     useful case for steering); CCA maximises correlation and needs fewer dimensions on
     each side than training problems (use ``pca``).
 
+    :func:`ridge_directions` reads the joint structure off the encoding model instead:
+    reduced-rank ridge regression. The ridge map ``W`` (hidden, n_voxels) from the
+    centred states to the z-scored responses (lambda fixed, or chosen by ``RidgeCV``'s
+    leave-one-out search on the same training problems) gives predictions ``Xc W``; their
+    top ``r`` right singular vectors ``V_r`` (n_voxels, r) are the brain-side directions
+    (the responses' components the layer predicts best), and ``W V_r`` mapped to an
+    orthonormal basis the model-side ones (the state directions those predictions read).
+    The ridge lambda is then a knob of the directions, as it is of the predictivity.
+
     :func:`random_directions` is the same-rank control: uniformly random orthonormal
     frames on both sides (hidden space and voxel space), nothing learned from the data
     but the centring and the coordinates' standardisation.
@@ -69,11 +78,12 @@ __all__ = [
     "pearson_columns",
     "predictivity",
     "random_directions",
+    "ridge_directions",
     "spearman_brown",
     "split_half_reliability",
 ]
 
-JOINT_METHODS = ("pls", "plssvd", "cca")
+JOINT_METHODS = ("pls", "plssvd", "cca", "ridge")
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-2, 5, 15))
 
 
@@ -369,7 +379,9 @@ class JointDirections:
     coord_mean, coord_scale : np.ndarray, shape (rank,)
         Mean and standard deviation of the training problems' raw brain coordinates.
     method : str
-        ``"pls"``, ``"plssvd"``, ``"cca"`` or ``"random"``.
+        ``"pls"``, ``"plssvd"``, ``"cca"``, ``"ridge"`` or ``"random"``.
+    ridge_lambda : float or None
+        ``"ridge"``: the lambda of the ridge map (fixed or chosen); None otherwise.
     """
 
     basis: np.ndarray
@@ -380,6 +392,7 @@ class JointDirections:
     coord_mean: np.ndarray
     coord_scale: np.ndarray
     method: str
+    ridge_lambda: float | None = None
 
     @property
     def rank(self) -> int:
@@ -459,7 +472,8 @@ def _finish(basis, bw, yz, x_mean, y_mean, y_scale, method) -> JointDirections:
 
 
 def joint_directions(states, responses, rank: int, method: str = "pls",
-                     pca: int | None = None) -> JointDirections:
+                     pca: int | None = None, ridge_lambda: float | None = None
+                     ) -> JointDirections:
     """Fit the joint model-brain subspace on training problems (module docstring).
 
     Parameters
@@ -470,10 +484,13 @@ def joint_directions(states, responses, rank: int, method: str = "pls",
         Their (repeat-averaged) brain responses, rows matching ``states``.
     rank : int
         ``1 <= rank <= min(n - 1, n_voxels, hidden)``.
-    method : {"pls", "plssvd", "cca"}
+    method : {"pls", "plssvd", "cca", "ridge"}
+        ``"ridge"``: :func:`ridge_directions` with ``ridge_lambda`` (``pca`` is not used).
     pca : int or None
         Reduce each side to at most this many principal components (fitted on these
         problems) before the fit; CCA needs each side below ``n`` dimensions.
+    ridge_lambda : float or None
+        Only for ``"ridge"``: see :func:`ridge_directions`.
 
     Returns
     -------
@@ -485,6 +502,8 @@ def joint_directions(states, responses, rank: int, method: str = "pls",
     if method not in JOINT_METHODS:
         raise SpecError(f"joint-direction method must be one of {list(JOINT_METHODS)}, got "
                         f"{method!r}")
+    if method == "ridge":
+        return ridge_directions(states, responses, rank, ridge_lambda)
     xc, yz, x_mean, y_mean, y_scale, rank = _prepare(states, responses, rank)
     n = xc.shape[0]
     x_map = y_map = None  # (reduced dims, original dims) with orthonormal rows
@@ -520,6 +539,55 @@ def joint_directions(states, responses, rank: int, method: str = "pls",
         wy = y_map.T @ wy
     basis = _gram_schmidt(wx)
     return _finish(basis, wy, yz, x_mean, y_mean, y_scale, method)
+
+
+def ridge_directions(states, responses, rank: int, ridge_lambda: float | None = None,
+                     alphas=DEFAULT_ALPHAS) -> JointDirections:
+    """Joint directions by reduced-rank ridge regression (module docstring).
+
+    Parameters
+    ----------
+    states : array, shape (n, hidden)
+        Pooled layer states of the training problems (centred here, not scaled).
+    responses : array, shape (n, n_voxels)
+        Their responses (z-scored per voxel here).
+    rank : int
+        ``1 <= rank <= min(n - 1, n_voxels, hidden)``.
+    ridge_lambda : float or None
+        The ridge penalty (sklearn's ``alpha``) on the centred states; None or 0: chosen
+        from ``alphas`` by ``RidgeCV``'s leave-one-out search on these problems (one
+        lambda for all voxels).
+    alphas : sequence of float
+        Candidates when the lambda is chosen.
+
+    Returns
+    -------
+    JointDirections
+        ``method="ridge"``; ``ridge_lambda`` holds the lambda used. ``brain_weights`` are
+        ``V_r`` (orthonormal columns), the basis the orthonormalised ``W V_r``.
+    """
+    from sklearn.linear_model import Ridge, RidgeCV
+
+    xc, yz, x_mean, y_mean, y_scale, rank = _prepare(states, responses, rank)
+    lam = None if ridge_lambda is None or float(ridge_lambda) == 0 else float(ridge_lambda)
+    if lam is not None and not (np.isfinite(lam) and lam > 0):
+        raise SpecError(f"ridge lambda must be a finite number > 0 (or 0: chosen by "
+                        f"leave-one-out), got {ridge_lambda!r}")
+    if lam is None:
+        est = RidgeCV(alphas=_alphas(alphas), fit_intercept=False).fit(xc, yz)
+        lam = float(est.alpha_)
+    else:
+        est = Ridge(alpha=lam, fit_intercept=False).fit(xc, yz)
+    w = np.atleast_2d(est.coef_).T  # (hidden, n_voxels)
+    _, s, vt = np.linalg.svd(xc @ w, full_matrices=False)
+    if s.size < rank or s[rank - 1] <= 1e-12 * max(float(s[0]), 1e-300):
+        raise SpecError(f"the ridge predictions have fewer than rank ({rank}) non-zero "
+                        f"singular values; lower the rank")
+    v = vt[:rank].T  # (n_voxels, rank)
+    basis = _gram_schmidt(w @ v)
+    out = _finish(basis, v, yz, x_mean, y_mean, y_scale, "ridge")
+    out.ridge_lambda = lam
+    return out
 
 
 def random_directions(states, responses, rank: int, rng: np.random.Generator) -> JointDirections:

@@ -74,7 +74,9 @@ kept exactly) and no information about the actual problems.
 Controls for the comparison arms
 --------------------------------
 :func:`shuffle_responses` permutes whole problems' responses (every repeat the same way)
-for the ``shuffled`` arm; random directions of the same rank are drawn by
+for the ``shuffled`` arm; :func:`surrogate_responses` makes the ``noise`` arm's Gaussian
+surrogates (the same mean and covariance across voxels, no correspondence with any
+problem); random directions of the same rank are drawn by
 :func:`raybrain.align.predictivity.random_directions`.
 """
 
@@ -102,6 +104,7 @@ __all__ = [
     "save_problems",
     "shuffle_responses",
     "split_problems",
+    "surrogate_responses",
     "synthetic_brain",
 ]
 
@@ -578,6 +581,44 @@ def shuffle_responses(brain: BrainResponses, rng: np.random.Generator,
     perm = rng.permutation(brain.repeats.shape[1]).astype(np.int64)
     out = BrainResponses(brain.repeats[:, perm], list(brain.ids))
     return (out, perm) if return_permutation else out
+
+
+def surrogate_responses(brain: BrainResponses, rng: np.random.Generator) -> BrainResponses:
+    """The ``noise`` arm: Gaussian surrogates with the responses' covariance, no problem in them.
+
+    With ``Y_r`` the responses of repeat ``r`` (n_problems, n_voxels), ``m_r`` their mean
+    over problems and ``G`` a standard-normal (n_problems, n_problems) matrix drawn once::
+
+        surrogate_r = m_r + G (Y_r - m_r) / sqrt(n_problems - 1)
+
+    Each surrogate row is a random Gaussian mixture of every problem's centred responses,
+    so it is Gaussian with expected covariance across voxels equal to the sample
+    covariance of ``Y_r`` (``E[x x^T] = (Y_r - m_r)^T (Y_r - m_r) / (n - 1)``), keeps the
+    voxel means, and belongs to no problem. The same ``G`` serves every repeat, so a
+    surrogate problem is the same mixture in each repeat and the repeats stay as
+    reliable as the data's (as :func:`shuffle_responses` keeps them; a permutation is
+    the special case of ``G`` with one 1 per row).
+
+    Parameters
+    ----------
+    brain : BrainResponses
+        ``repeats`` of shape (n_repeats, n_problems >= 2, n_voxels).
+    rng : np.random.Generator
+        Draws ``G``.
+
+    Returns
+    -------
+    BrainResponses
+        Float32 ``repeats`` of the same shape; the ids stay in place.
+    """
+    arr = np.asarray(brain.repeats, dtype=np.float64)
+    n = arr.shape[1]
+    if n < 2:
+        raise SpecError(f"surrogate responses need at least 2 problems, got {n}")
+    g = rng.standard_normal((n, n))
+    mean = arr.mean(axis=1, keepdims=True)
+    out = mean + np.einsum("ij,rjv->riv", g, arr - mean) / np.sqrt(n - 1)
+    return BrainResponses(out.astype(np.float32), list(brain.ids))
 
 
 def _read_ids(path: Path, where: str) -> list[str]:

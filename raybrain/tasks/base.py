@@ -181,7 +181,14 @@ class TorchRun(TaskRun):
     """
 
     def _setup(self, data, p: dict[str, Any], brain_source: str | None, seed: int,
-               device: str, make_model, brain_weight: str | None = "alpha") -> None:
+               device: str, make_model, brain_weight: str | None = "alpha",
+               place: bool = True) -> None:
+        """Seeded model, RNG streams and optimisers of the run.
+
+        ``make_model()`` is called under ``torch.manual_seed(seed)``; its result is moved
+        to ``device`` unless ``place`` is False (a model that placed itself, e.g. a large
+        LM spread over GPUs by a ``device_map``, must not be moved as a whole).
+        """
         import torch
 
         self.data, self.p, self.source, self.seed = data, p, brain_source, seed
@@ -193,7 +200,9 @@ class TorchRun(TaskRun):
                       else 0.0)
         outer = torch.random.get_rng_state()
         torch.manual_seed(seed)
-        self.model = make_model().to(self.device)
+        self.model = make_model()
+        if place:
+            self.model = self.model.to(self.device)
         self._torch_rng = torch.random.get_rng_state()
         torch.random.set_rng_state(outer)
         self.order_rng = torch.Generator().manual_seed(seed)
