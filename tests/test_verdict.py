@@ -232,3 +232,17 @@ def test_the_diff_column_says_which_sign_favours_brain():
     lower = build_verdict(_records(), mode="min")
     assert "(brain - control; < 0 favours brain)" in format_table(lower)
     assert "(brain - control; > 0 favours brain)" in format_table(build_verdict(_records()))
+
+
+def test_a_task_may_declare_none_a_control():
+    """A task whose `none` arm is a training budget the claim must beat (language-only
+    fine-tuning) has the verdict judge brain against it too."""
+    recs = _records()
+    plain = build_verdict(recs, expected_arms=["brain", "shuffled", "noise", "l2", "none"])
+    judged = build_verdict(recs, expected_arms=["brain", "shuffled", "noise", "l2", "none"],
+                           baseline_controls=("none",))
+    assert ("none", "final_test_accuracy") not in _tests(plain)
+    t = _tests(judged)[("none", "final_test_accuracy")]
+    assert t["control"] == "none" and t["p_mannwhitney"] == pytest.approx(1 / 252)
+    verdict = next(r for r in judged.of("verdict") if r["metric"] == "final_test_accuracy")
+    assert "none" in verdict["note"]

@@ -237,12 +237,14 @@ def _cannot_be_positive(row: dict[str, Any]) -> str:
 def build_verdict(records: list[dict[str, Any]], primary: str = "test_accuracy",
                   mode: str = "max", significance: float = 0.05,
                   expected_arms: list[str] | None = None, stage: str = "search",
-                  align_metrics: dict[str, str] | None = None) -> VerdictTable:
+                  align_metrics: dict[str, str] | None = None,
+                  baseline_controls: tuple[str, ...] = ()) -> VerdictTable:
     """Build the verdict from run records (see :func:`runs_to_records` for the fields).
 
     ``expected_arms``: the arms the spec asked for; a missing one is reported as a
     comparison that cannot be made. ``align_metrics``: the task's alignment metrics and
     their direction (``{"align_cka": "max", "gw_distance": "min"}``).
+    ``baseline_controls``: baseline arms the task declares as controls too (``("none",)``).
     """
     align_metrics = dict(align_metrics or {})
     table = VerdictTable(primary=primary, significance=significance, stage=stage)
@@ -274,6 +276,8 @@ def build_verdict(records: list[dict[str, Any]], primary: str = "test_accuracy",
             controls[name] = "best_l2"
         if any(r["arm"] == "none" for r in base):
             groups["none"] = [r for r in base if r["arm"] == "none"]
+            if "none" in baseline_controls:
+                controls["none"] = "none"
         for arm, recs in groups.items():
             for metric in ("final", "area"):
                 table.rows.append({"kind": "arm", "config": label, "arm": arm,
@@ -405,7 +409,8 @@ def verdict_table(tracker, spec) -> VerdictTable:
     return build_verdict(runs_to_records(tracker.child_runs(), task.primary_metric, stage,
                                          tuple(task.align_metrics)),
                          task.primary_metric, task.primary_mode, spec.significance,
-                         spec.arms.include, stage, task.align_metrics)
+                         spec.arms.include, stage, task.align_metrics,
+                         tuple(task.baseline_controls))
 
 
 # --------------------------------------------------------------------------- text

@@ -112,7 +112,7 @@ def run_procedure(spec: Spec, source: str = "spec") -> tuple[VerdictTable, list[
             stage.run_config(c)
     table = build_verdict(list(stage.done.values()), task.primary_metric, task.primary_mode,
                           spec.significance, spec.arms.include, spec.verdict_stage,
-                          task.align_metrics)
+                          task.align_metrics, tuple(task.baseline_controls))
     return table, chosen
 
 

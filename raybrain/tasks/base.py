@@ -312,6 +312,10 @@ class Task(ABC):
     artifact_every: ClassVar[int] = 0
     #: the most Ray Train workers a run can use (None: any); a spec asking for more is refused
     max_workers: ClassVar[int | None] = None
+    #: baseline arms the verdict also judges brain against, besides shuffled, noise, the
+    #: ablations and the best L2 (e.g. ``("none",)`` when ``none`` is a training budget the
+    #: claim must beat, such as language-only fine-tuning)
+    baseline_controls: ClassVar[tuple[str, ...]] = ()
     #: a configuration that trains in seconds: ``{"data": {...}, "params": {...}}``; the
     #: contract tests run every registered task on it
     smoke: ClassVar[dict[str, Any]] = {}

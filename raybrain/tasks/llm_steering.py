@@ -408,6 +408,9 @@ class LLMSteering(Task):
     brain_weight = "alpha"
     l2_param = "weight_decay"
     ablations = {"random-directions": {"random_directions": True}}
+    #: fine-tuning mode: `none` is language-only fine-tuning of the same budget, which the
+    #: "orthogonal to language-only supervision" claim must beat, so the verdict judges it
+    baseline_controls = ("none",)
     data_paths = ("problems", "responses", "ids_file", "checkpoints")
     smoke = {"data": {"n_problems": 36, "n_transfer": 8, "n_voxels": 12, "snr": 2.0,
                       "val_fraction": 0.2, "test_fraction": 0.3,
