@@ -122,18 +122,30 @@ class MemoryGRUStack(nn.Module):
         output : Tensor, shape (S, batch, time)
         embedding : Tensor, shape (S, batch, time, embed_dim)
         """
+        return self._run(x, range(self.n_models), dropout_masks)
+
+    def member_forward(self, k: int, x: torch.Tensor):
+        """Model ``k`` alone on ``x`` (batch, time, input): ``(output (batch, time),
+        embedding (batch, time, embed_dim))``, computed as a stack of one would."""
+        out, emb = self._run(x[None], [k], None)
+        return out[0], emb[0]
+
+    def _run(self, x: torch.Tensor, members, dropout_masks):
+        sel = list(members)
+        one = len(sel) == 1 and self.n_models > 1
+        pick = (lambda p: p[sel[0]:sel[0] + 1]) if one else (lambda p: p)  # noqa: E731
         if torch.is_grad_enabled() or self.training:
-            h = gru_stack(x, self.w_ih, self.w_hh, self.b_ih, self.b_hh)
+            h = gru_stack(x, pick(self.w_ih), pick(self.w_hh), pick(self.b_ih), pick(self.b_hh))
         else:  # evaluation: PyTorch's fused GRU, model by model (compute-bound, faster)
-            h = torch.stack([self._fused(k)(x[k])[0] for k in range(self.n_models)])
+            h = torch.stack([self._fused(k)(x[i])[0] for i, k in enumerate(sel)])
         if dropout_masks is not None:
             h = h * dropout_masks
         s, b, t, _ = h.shape
-        emb = torch.baddbmm(self.b_embed[:, None, :], h.reshape(s, b * t, self.hidden),
-                            self.w_embed.transpose(1, 2))
+        emb = torch.baddbmm(pick(self.b_embed)[:, None, :], h.reshape(s, b * t, self.hidden),
+                            pick(self.w_embed).transpose(1, 2))
         # a product with one output column as an element-wise product and a sum: batched
         # matrix-vector products take different paths for one model and for several
-        out = (emb * self.w_head[:, :, None, :].squeeze(1)).sum(-1) + self.b_head
+        out = (emb * pick(self.w_head)[:, :, None, :].squeeze(1)).sum(-1) + pick(self.b_head)
         out = scaled_sigmoid(out.reshape(s, b, t), self.bound)
         return out, emb.reshape(s, b, t, -1)
 

@@ -144,13 +144,14 @@ class MemoryGroup(RunGroup):
     # -- evaluation -------------------------------------------------------------------
     @torch.no_grad()
     def _scores(self, split, active: list[int], chunk: int = 256):
+        """Evaluation is compute-bound (large batches): each member runs alone, on the
+        same inputs, with the same operations as a run alone."""
         tallies = {k: [0, 0, 0.0, 0] for k in active}
-        S = len(self.members)
         for sl, t_max in eval_chunks(split, chunk):
             x = split.inputs[sl, :t_max].to(self.device)
-            out, _ = self.stack(x[None].expand(S, *x.shape))
             for k in active:
-                score_chunk(tallies[k], out[k], split, sl, t_max, self.data.cfg.response_bins,
+                out, _ = self.stack.member_forward(k, x)
+                score_chunk(tallies[k], out, split, sl, t_max, self.data.cfg.response_bins,
                             self.device)
         return {k: (t[0] / t[1], t[2] / t[3]) for k, t in tallies.items()}
 
@@ -162,11 +163,9 @@ class MemoryGroup(RunGroup):
         held = self.data.heldout
         t_max = int(held.lengths_t.max())
         x = held.inputs[:, :t_max].to(self.device)
-        _, emb = self.stack(x[None].expand(len(self.members), *x.shape))
-        emb = emb.cpu()
         return {k: {"test_accuracy": test[k][0], "val_accuracy": val[k][0],
                     "test_task_loss": test[k][1],
-                    **alignment(self.data, emb[k], t_max,
+                    **alignment(self.data, self.stack.member_forward(k, x)[1].cpu(), t_max,
                                 bins=self.members[k].epoch >= self.members[k].epochs)}
                 for k in active}
 
