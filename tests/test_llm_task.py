@@ -464,10 +464,10 @@ def test_quick_llm_sweep_end_to_end(ray_session, tmp_path, monkeypatch):
                     "final_predictivity_layer_2", "final_test_accuracy_syllogism"):
             assert key in m, (c.data.tags["raybrain.arm"], key)
     rows = result.table.test_rows()
-    # the verdict tests brain against the brain-data controls, the ablation and the best
-    # L2 (language-only fine-tuning with weight decay); 'none' is reported as an arm
+    # the verdict tests brain against the brain-data controls, the ablation, the best L2
+    # and the task's declared baseline control 'none' (language-only fine-tuning, same budget)
     assert {r["comparison"] for r in rows} == {"shuffled", "noise", "random-directions",
-                                               "l2[weight_decay=0.001]"}
+                                               "l2[weight_decay=0.001]", "none"}
     assert "none" in {r["arm"] for r in result.table.arm_rows()}
     verdicts = [r for r in result.table.rows if r["kind"] == "verdict"]
     assert len(verdicts) == 4  # 2 configs x (final, area)

@@ -116,6 +116,15 @@ def test_declared_metrics_are_returned(name, loaded):
     assert math.isfinite(got[task.primary_metric])
     for metric in task.align_metrics:
         assert metric in evaluated, f"alignment metric {metric} is measured on held-out data"
+    # arrays kept after evaluation: called as the sweep calls it, both ways of the
+    # tracking.log_brain_data switch; named numpy arrays, brain-derived only on opt-in
+    import numpy as np
+
+    plain = run.artifacts(brain_data=False)
+    opted = run.artifacts(brain_data=True)
+    for arrays in (plain, opted):
+        assert all(isinstance(k, str) and isinstance(v, np.ndarray) for k, v in arrays.items())
+    assert set(plain) <= set(opted)
 
 
 @pytest.mark.parametrize("name", TASKS)

@@ -163,3 +163,27 @@ def test_an_epoch_written_without_its_tag_is_not_written_twice(tracker):
     for name in ("test_accuracy", "loss"):
         steps = [m.step for m in resumed.client.get_metric_history(run.info.run_id, name)]
         assert sorted(steps) == [1, 2, 3]
+
+
+def test_a_sweep_reports_failed_runs_and_fails_when_no_run_finished(tracker):
+    """The end of a sweep names the runs whose training raised; with none finished it fails."""
+    from types import SimpleNamespace
+
+    from raybrain.errors import SweepFailed
+    from raybrain.sweep.finalise import _failed_runs
+
+    pre = SimpleNamespace(spec=SimpleNamespace(name="sw"))
+    parent = tracker.open_parent("sw", "hash1", {"task": "b2m-memory"})
+    specs = [RunSpec("sw", "b2m-memory", "brain", s, {"alpha": 0.1}, "real", "cfg1", "base1")
+             for s in (0, 1)]
+    tracker.log_record({**_record(specs[0], 1, done=True), "failed": "TypeError: bad call"})
+    lines: list[str] = []
+    with pytest.raises(SweepFailed, match=r"all 1 runs failed \(first error: TypeError: bad call\)"):
+        _failed_runs(pre, tracker, lines.append)
+    assert tracker.client.get_run(parent).info.status == "FAILED"
+    # one run finished beside the failed one: a warning line, the sweep goes on to its verdict
+    tracker.log_record(_record(specs[1], 1, done=True))
+    _failed_runs(pre, tracker, lines.append)
+    assert lines == ["warning: 1 of 2 runs failed (first error: TypeError: bad call); each "
+                     "failed run's reason is its raybrain.failure_reason tag in MLflow; the "
+                     "verdict uses the finished runs only"]

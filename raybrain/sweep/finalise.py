@@ -21,6 +21,7 @@ def finish(pre, tracker, out: Callable[[str], None]):
     from raybrain.analysis.verdict import format_table, verdict_table
 
     spec = pre.spec
+    _failed_runs(pre, tracker, out)
     table = verdict_table(tracker, spec)
     tracker.client.log_text(tracker.parent_id, table.to_csv(), "verdict.csv")
     out(format_table(table, spec))
@@ -40,6 +41,23 @@ def finish(pre, tracker, out: Callable[[str], None]):
     out(f"open the MLflow UI: raybrain ui --tracking-uri {spec.tracking.uri} "
         f"--experiment {spec.tracking.experiment} --sweep {spec.name}")
     return table
+
+
+def _failed_runs(pre, tracker, out: Callable[[str], None]) -> None:
+    """Runs whose training raised (the other runs of their config went on): one line
+    naming how many and the first reason; with no finished run at all the sweep failed."""
+    children = tracker.child_runs()
+    failed_runs = [r for r in children if r.info.status == "FAILED"]
+    if not failed_runs:
+        return
+    reason = failed_runs[0].data.tags.get("raybrain.failure_reason", "reason not recorded")
+    if not any(r.info.status == "FINISHED" for r in children):
+        tracker.close_parent("FAILED")
+        raise SweepFailed(f"sweep {pre.spec.name!r} failed: all {len(children)} runs failed "
+                          f"(first error: {reason[:300]}); no verdict was written")
+    out(f"warning: {len(failed_runs)} of {len(children)} runs failed (first error: "
+        f"{reason[:300]}); each failed run's reason is its raybrain.failure_reason tag in "
+        f"MLflow; the verdict uses the finished runs only")
 
 
 def interrupted(pre, tracker, out: Callable[[str], None], immediate: bool = False) -> None:

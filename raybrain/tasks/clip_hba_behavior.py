@@ -377,8 +377,9 @@ class BehaviorRun(CLIPRun):
         self._last_pred = pred[t]
         return out
 
-    def artifacts(self) -> dict[str, Any]:
-        """The predicted RDM of the test objects (model-derived; never the targets)."""
+    def artifacts(self, brain_data: bool = False) -> dict[str, Any]:
+        """The predicted RDM of the test objects (model-derived; never the targets, so
+        ``brain_data`` changes nothing)."""
         from raybrain.data.behaviour import behaviour_rdm
 
         pred = getattr(self, "_last_pred", None)
