@@ -58,16 +58,23 @@ def main() -> None:
     validate_spec(spec, args.spec)
     if spec.search.algorithm != "grid":
         raise SystemExit("the overhead bench needs a grid spec (every run known up front)")
-    compute, n_runs = in_process_compute(spec)
+    # compute measured before and after the sweep (this machine's speed drifts by tens of
+    # per cent over minutes when it is shared): the ratio uses their mean, both are printed
+    before, n_runs = in_process_compute(spec)
+    here = os.getcwd()
     with tempfile.TemporaryDirectory() as d:
         os.chdir(d)
         t0 = time.perf_counter()
         run_sweep(spec, tracking_uri=f"sqlite:///{d}/mlflow.db", out=lambda s: None,
                   num_cpus=args.cpus)
         wall = time.perf_counter() - t0
+        os.chdir(here)
+    after, _ = in_process_compute(spec)
+    compute = (before + after) / 2
     ideal = compute / args.cpus
     print(f"spec: {Path(args.spec).name}  runs: {n_runs}  cpus: {args.cpus}")
-    print(f"in-process compute (1 thread):             {compute:.1f} s ({compute / n_runs:.2f} s per run)")
+    print(f"in-process compute (1 thread):             {compute:.1f} s ({compute / n_runs:.2f} s per run;"
+          f" {before:.1f} s before the sweep, {after:.1f} s after)")
     print(f"ideal sweep wall time (compute / cpus):     {ideal:.1f} s")
     print(f"sweep wall time (Ray Tune + MLflow):        {wall:.1f} s")
     print(f"ratio sweep / ideal:                        {wall / ideal:.2f}")
@@ -77,7 +84,8 @@ def main() -> None:
     res.mkdir(parents=True, exist_ok=True)
     with open(res / "sweep_overhead.json", "a") as f:
         f.write(json.dumps({"spec": Path(args.spec).name, "runs": n_runs, "cpus": args.cpus,
-                            "compute_s": round(compute, 1), "ideal_s": round(ideal, 1),
+                            "compute_s": round(compute, 1), "compute_before_s": round(before, 1),
+                            "compute_after_s": round(after, 1), "ideal_s": round(ideal, 1),
                             "sweep_s": round(wall, 1), "ratio": round(wall / ideal, 2)}) + "\n")
 
 

@@ -77,7 +77,7 @@ def test_a_key_given_twice_is_refused_with_both_lines(tmp_path, capsys):
     ({"seeds": "five"}, "seeds must be an integer or a list, got 'five'"),
     ({"search": {"mode": "up"}}, "search.mode must be one of 'max' or 'min', got 'up'"),
     ({"resources": {"use_gpu": "maybe"}}, "resources.use_gpu must be true or false or one of"),
-    ({"storage": {"checkpoint_every": 0}}, "storage.checkpoint_every must be >= 1, got 0"),
+    ({"storage": {"checkpoint_every": 0}}, "storage.checkpoint_every must be >= 1 or 'auto', got 0"),
     ({"data": {"n_train_episodes": "many"}}, "data.n_train_episodes must be an integer, got 'many'"),
 ])
 def test_messages_speak_of_keys_not_validators(tmp_path, tiny_spec_dict, capsys, over, message):

@@ -82,6 +82,9 @@ class RaySession:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        # Tune's own CSV and TensorBoard loggers would write every result again in the
+        # driver (JSON records of every run, each epoch); the sweep keeps one JSON copy
+        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
         self._install()
         quiet_logs(self.verbose)
         try:

@@ -17,7 +17,7 @@ Layout (every key optional except ``name`` and ``task``)::
     significance: 0.05
     resources: {num_workers: 1, use_gpu: false, cpus_per_run: 1}
     tracking: {uri: sqlite:///mlflow.db, experiment: raybrain}
-    storage: {path: ./raybrain_results, checkpoint_every: 1}
+    storage: {path: ./raybrain_results, checkpoint_every: auto}
 
 Every problem is a :class:`~raybrain.errors.SpecError` with one line naming the key, what
 was expected and what was received. Unknown keys are errors that name the key.
@@ -116,7 +116,11 @@ class StorageSpec(_Strict):
     #: Tune experiments and Train checkpoints; on a multi-node cluster a path every node
     #: sees (NFS) or an object store URI (s3://, gs://)
     path: str = "./raybrain_results"
-    checkpoint_every: int = Field(1, ge=1)
+    #: a trial checkpoints its runs every this many epochs and after the last one; "auto"
+    #: (default): after an epoch that ends ``checkpoint_s`` seconds or more after the
+    #: trial's last checkpoint (a resume repeats at most that much of a trial's work)
+    checkpoint_every: int | Literal["auto"] = "auto"
+    checkpoint_s: float = Field(30.0, gt=0)
     #: retries of a Tune trial (a config) whose process or node died (ray.tune.FailureConfig)
     max_failures: int = Field(2, ge=0)
     #: restarts of a TorchTrainer run's worker group from its last checkpoint
@@ -455,6 +459,9 @@ def validate_spec(spec: Spec, source: str = "spec", *, check_data: bool = True) 
             raise SpecError(f"{source}: arms.l2_grid must be a non-empty list of weight decays "
                             f"> 0, got {spec.arms.l2_grid}")
 
+    every = spec.storage.checkpoint_every
+    if every != "auto" and every < 1:
+        raise SpecError(f"{source}: storage.checkpoint_every must be >= 1 or 'auto', got {every}")
     # seeds
     seeds = spec.seed_list
     if isinstance(spec.seeds, int) and spec.seeds < 1:

@@ -122,6 +122,7 @@ class StageRunner:
                 "metric": spec.search.metric, "objective": spec.search.objective,
                 "primary_metric": self.task.primary_metric,
                 "checkpoint_every": spec.storage.checkpoint_every,
+                "checkpoint_s": spec.storage.checkpoint_s,
                 "ledger": self._ledger(plan, name), "use_train": self.use_train,
                 "num_workers": res.num_workers, "use_gpu": self.use_gpu,
                 "cpus_per_run": res.cpus_per_run, "gpus_per_worker": res.gpus_per_worker,

@@ -14,6 +14,7 @@ import json
 import os
 import pickle
 import tempfile
+import time
 from typing import Any
 
 import ray
@@ -92,6 +93,7 @@ def config_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
         replay = executor.replay()
         mark_resumed(replay)
     every = ctx["checkpoint_every"]
+    last_checkpoint = time.monotonic()
     while not executor.done or replay:
         records = replay + (executor.step() if not executor.done else [])
         replay = []
@@ -104,7 +106,10 @@ def config_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
                 rec.setdefault("summary", {})["peak_memory_mb"] = peak
         metrics = trial_metrics(ctx, runs, latest, done, records, executor.epoch)
         metrics["peak_memory_mb"] = peak
-        if executor.epoch % every == 0 or executor.done:
+        due = (time.monotonic() - last_checkpoint >= float(ctx.get("checkpoint_s", 30.0))
+               if every == "auto" else executor.epoch % int(every) == 0)
+        if due or executor.done:
+            last_checkpoint = time.monotonic()
             with tempfile.TemporaryDirectory() as d:
                 with open(os.path.join(d, "state.pkl"), "wb") as f:
                     pickle.dump({"runs": [r.to_dict() for r in runs],
