@@ -43,7 +43,9 @@ def _spec(tiny_spec_dict, name, tmp_path, epochs=16):
          "params": {**tiny_spec_dict["params"], "epochs": epochs},
          "arms": {"include": ["brain", "none"]},
          # every epoch: the node-loss tests check the resume starts from the latest one
-         "storage": {"path": str(tmp_path / "results"), "checkpoint_every": 1}}
+         "storage": {"path": str(tmp_path / "results"), "checkpoint_every": 1},
+         # each epoch reaches MLflow at once: the tests watch runs train there
+         "tracking": {"flush_s": 0}}
     return d
 
 

@@ -68,7 +68,7 @@ def test_mlflow_down_mid_sweep_and_driver_killed_while_down(ray_session, tmp_pat
     It stops again and the driver is killed -9 while it is down; after MLflow is back,
     ``--resume`` continues the same Optuna search and MLflow ends with exactly one
     finished child per planned run, every epoch once, under the original parent."""
-    epochs = 40
+    epochs = 100  # long enough that both outages fall while it trains
     d = {**tiny_spec_dict, "name": "mlflow-down",
          "data": {**tiny_spec_dict["data"], "n_train_episodes": 48},
          "params": {**tiny_spec_dict["params"], "epochs": epochs,
@@ -76,7 +76,8 @@ def test_mlflow_down_mid_sweep_and_driver_killed_while_down(ray_session, tmp_pat
          "search": {"algorithm": "optuna", "num_configs": 2, "max_concurrent": 1},
          "confirm": {"configs": 0},
          "arms": {"include": ["brain", "none"]},
-         "tracking": {"retry_s": 2},
+         # writes every 0.5 s, so both outages meet writes while the sweep trains
+         "tracking": {"retry_s": 2, "flush_s": 0.5},
          "storage": {"path": str(tmp_path / "results")}}
     path = write_spec(d)
     backend = f"sqlite:///{tmp_path}/server.db"
@@ -208,7 +209,8 @@ def test_writes_wait_while_mlflow_is_down_and_land_once_it_is_back(tmp_path):
         tracker = Tracker(server.url, "raybrain")
         tracker.open_parent("down", "h", {"task": "b2m-memory"})
         lines: list[str] = []
-        writer = MlflowWriter(tracker, out=lines.append, retry_s=0.2)
+        # flush_s 0: every epoch is its own write, so the outage meets two of them
+        writer = MlflowWriter(tracker, out=lines.append, retry_s=0.2, flush_s=0.0)
         spec = RunSpec("down", "b2m-memory", "brain", 0, {"alpha": 0.1}, "real", "c1", "b1")
 
         def result(epoch, done=False):

@@ -33,7 +33,9 @@ def _spec(tiny, tmp_path) -> dict:
             "data": {**tiny["data"], "n_train_episodes": 24},
             "params": {**tiny["params"], "epochs": EPOCHS, "alpha": {"grid": [0.1, 0.2, 0.3]}},
             "arms": {"include": ["brain", "shuffled", "none"]},
-            "seeds": 5, "storage": {"path": "results"}}
+            "seeds": 5, "storage": {"path": "results"},
+            # MLflow follows training within 0.5 s: the test interrupts at a logged epoch
+            "tracking": {"flush_s": 0.5}}
 
 
 def _start(argv: list[str], cwd: Path, log: Path) -> subprocess.Popen:

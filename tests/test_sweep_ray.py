@@ -159,7 +159,9 @@ def test_killed_driver_resumes_without_duplicating_runs(ray_session, in_tmp, tin
 
     d = {**tiny_spec_dict, "name": "tiny-resume",
          "params": {**tiny_spec_dict["params"], "epochs": 12, "alpha": {"grid": [0.1, 0.2]}},
-         "arms": {"include": ["brain", "none"]}}
+         "arms": {"include": ["brain", "none"]},
+         # each epoch reaches MLflow at once, so the kill finds runs open there
+         "tracking": {"flush_s": 0}}
     path = write_spec(d)
     uri = f"sqlite:///{in_tmp}/mlflow.db"
     proc = subprocess.Popen([sys.executable, "-m", "raybrain.cli", "sweep", str(path),

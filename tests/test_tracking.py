@@ -187,3 +187,41 @@ def test_a_sweep_reports_failed_runs_and_fails_when_no_run_finished(tracker):
     assert lines == ["warning: 1 of 2 runs failed (first error: TypeError: bad call); each "
                      "failed run's reason is its raybrain.failure_reason tag in MLflow; the "
                      "verdict uses the finished runs only"]
+
+
+def test_a_runs_epochs_are_written_together_and_its_end_at_once(tracker):
+    """The driver's writer holds a run's middle epochs and writes them in one request with
+    the next record that must not wait (here the run's last); the history is whole."""
+    import json
+
+    from raybrain.sweep.callbacks import MlflowWriter
+    from raybrain.sweep.records import RECORDS_KEY
+
+    tracker.open_parent("sw", "hash1", {"task": "b2m-memory"})
+    calls = []
+    real_log_batch = tracker.client.log_batch
+
+    def counting(run_id, **kw):
+        calls.append(run_id)
+        return real_log_batch(run_id, **kw)
+
+    tracker.client.log_batch = counting
+    writer = MlflowWriter(tracker, out=lambda line: None, flush_s=3600.0)
+    specs = [RunSpec("sw", "b2m-memory", "brain", s, {"alpha": 0.1}, "real", "cfg1", "base1")
+             for s in (0, 1)]
+    for epoch in (1, 2, 3):
+        recs = [_record(sp, epoch) for sp in specs]
+        writer.on_trial_result(0, [], None, {RECORDS_KEY: json.dumps(recs)})
+    assert tracker.child_runs() == [] and sorted(map(len, writer.pending.values())) == [3, 3]
+    done = _record(specs[0], 4, done=True)
+    writer.on_trial_result(0, [], None, {RECORDS_KEY: json.dumps([done])})
+    (run,) = tracker.child_runs()  # the finished run is written at once, the other waits
+    assert run.info.status == "FINISHED" and list(writer.pending) == [specs[1].key]
+    steps = [m.step for m in tracker.client.get_metric_history(run.info.run_id, "test_accuracy")]
+    assert sorted(steps) == [1, 2, 3, 4]
+    n_batches = len(calls)  # the child's params, then its four epochs in one request
+    assert n_batches == 2, calls
+    assert writer.drain(10.0) and writer.pending == {}  # the stage's end writes the rest
+    other = [r for r in tracker.child_runs() if r.info.run_id != run.info.run_id][0]
+    hist = tracker.client.get_metric_history(other.info.run_id, "test_accuracy")
+    assert sorted(h.step for h in hist) == [1, 2, 3] and other.info.status == "RUNNING"

@@ -19,24 +19,35 @@ class MlflowWriter(Callback):
     its whole history again. When MLflow cannot be reached the writes wait in a backlog,
     are retried every ``retry_s`` seconds without holding up training, and are drained
     (then re-synced from the on-disk results) at the end of the stage.
+
+    A run's epochs are written together every ``flush_s`` seconds (one MLflow request
+    per run, not per epoch: on a small machine the driver's writes take CPU from the
+    trials); a run's last epoch, its arrays and a resumed run's replay are written at
+    once, and everything waiting is written before a run is marked stopped or failed and
+    when the stage ends.
     """
 
-    def __init__(self, tracker, out: Callable[[str], None] = print, retry_s: float = 15.0):
-        self.tracker, self.out, self.retry_s = tracker, out, retry_s
+    def __init__(self, tracker, out: Callable[[str], None] = print, retry_s: float = 15.0,
+                 flush_s: float = 5.0):
+        self.tracker, self.out, self.retry_s, self.flush_s = tracker, out, retry_s, flush_s
+        #: records waiting to be written, by run key, and when each key's first arrived
+        self.pending: dict[str, list[dict]] = {}
+        self.pending_since: dict[str, float] = {}
         self.backlog: list[tuple] = []
         self.down_since: float | None = None
         self.last_try = 0.0
         self.failed_writes = 0
 
     def __getstate__(self):  # Tune pickles its run config; a fresh writer is attached on resume
-        return {"tracker": None, "out": None, "retry_s": self.retry_s, "backlog": [],
-                "down_since": None, "last_try": 0.0, "failed_writes": 0}
+        return {"tracker": None, "out": None, "retry_s": self.retry_s, "flush_s": self.flush_s,
+                "pending": {}, "pending_since": {}, "backlog": [], "down_since": None,
+                "last_try": 0.0, "failed_writes": 0}
 
     # -- writes -------------------------------------------------------------------------
     def _apply(self, op: tuple) -> None:
         kind = op[0]
-        if kind == "record":
-            self.tracker.log_record(op[1])
+        if kind == "records":
+            self.tracker.log_records(op[1])
         elif kind == "stopped":
             self.tracker.mark_stopped(op[1])
         elif kind == "failed":
@@ -84,8 +95,35 @@ class MlflowWriter(Callback):
         self.down_since = None
         return True
 
+    def hold(self, records: list[dict]) -> None:
+        """Queue records by run; a run whose record must not wait is written now."""
+        now = time.time()
+        urgent = []
+        for rec in records:
+            key = rec["key"]
+            self.pending.setdefault(key, []).append(rec)
+            self.pending_since.setdefault(key, now)
+            if rec.get("done") or rec.get("failed") or rec.get("artifacts") or \
+                    rec.get("resumed_from") is not None:
+                urgent.append(key)
+        self.flush(urgent)
+        self.flush([k for k, t in self.pending_since.items() if now - t >= self.flush_s])
+
+    def flush(self, keys: list[str] | None = None) -> None:
+        """Write the waiting records of ``keys`` (all when None), one request per run."""
+        keys = list(self.pending) if keys is None else [k for k in dict.fromkeys(keys)
+                                                       if k in self.pending]
+        ops = []
+        for key in keys:
+            ops.append(("records", self.pending.pop(key)))
+            self.pending_since.pop(key, None)
+        if ops:
+            self._submit(ops)
+
     def drain(self, timeout_s: float) -> bool:
-        """Retry the backlog until it is empty or ``timeout_s`` passed; True if empty."""
+        """Write everything waiting, retrying until the backlog is empty or ``timeout_s``
+        passed; True if empty."""
+        self.flush()
         deadline = time.time() + timeout_s
         while not self.retry(force=True):
             if time.time() >= deadline:
@@ -95,16 +133,19 @@ class MlflowWriter(Callback):
 
     # -- Tune hooks ---------------------------------------------------------------------
     def on_step_end(self, iteration, trials, **info):
+        now = time.time()
+        self.flush([k for k, t in self.pending_since.items() if now - t >= self.flush_s])
         if self.backlog:
             self.retry()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self._submit([("record", rec) for rec in json.loads(result.get(RECORDS_KEY, "[]"))])
+        self.hold(json.loads(result.get(RECORDS_KEY, "[]")))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         # a config stopped early by the scheduler (ASHA) leaves its runs unfinished
         left = open_runs(trial.last_result)
         if left:
+            self.flush(left)
             self._submit([("stopped", left)])
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -113,6 +154,7 @@ class MlflowWriter(Callback):
         if trial.status == "ERROR":
             left = open_runs(trial.last_result)
             if left:
+                self.flush(left)
                 self._submit([("failed", left, trial_error(trial))])
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from raybrain.errors import SpecError, SweepInterrupted
+from raybrain.errors import SpecError, SweepInterrupted, TrackingUnavailable
 from raybrain.sweep import storage as st
 from raybrain.sweep.plan import SweepPlan, make_plan
 from raybrain.sweep.preflight import Overrides, Preflight, preflight
@@ -82,7 +82,7 @@ def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
 
     # the MLflow store opens (created and migrated on first use: seconds) while Ray starts
     opening = _Background(lambda: _open_tracking(pre, resume, out))
-    tracker = None
+    tracker = session = None
     try:
         with RaySession(address, num_cpus, dashboard, dashboard_host, out, verbose) as session:
             import ray
@@ -115,7 +115,16 @@ def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
                 status = status.merge(runner.run(cplan, f"{spec.name}-confirm"))
             if status.errors or not status.complete:
                 raise finalise.failed(pre, tracker, status, out)
-            table = finalise.finish(pre, tracker, out)
+            from mlflow.exceptions import MlflowException  # loaded with the tracker already
+
+            try:
+                table = finalise.finish(pre, tracker, out)
+            except MlflowException as exc:  # every run is complete in Tune's results
+                first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+                raise TrackingUnavailable(
+                    f"MLflow at {spec.tracking.uri} could not be read or written for the "
+                    f"verdict ({first}); nothing is lost (every run is complete in Tune's "
+                    f"results): when MLflow is back run: {pre.resume_command}") from None
     except SweepInterrupted as intr:
         finalise.interrupted(pre, tracker or opening.result(quiet=True), out, intr.immediate)
         raise
@@ -123,6 +132,11 @@ def run_sweep(spec: Spec, *, source: str = "spec", address: str | None = None,
         finalise.interrupted(pre, tracker or opening.result(quiet=True), out)
         raise SweepInterrupted(2) from None
     except Exception:  # Ray did not start, MLflow gone, ...: the sweep is not left RUNNING
+        if session is not None and session.stop_signal is not None:
+            # the stop signal landed inside a library call (e.g. an import during the
+            # verdict), which re-raised it as its own error: still an interrupt
+            finalise.interrupted(pre, tracker or opening.result(quiet=True), out)
+            raise SweepInterrupted(session.stop_signal) from None
         finalise.stopped_by_error(tracker or opening.result(quiet=True))
         raise
     finally:

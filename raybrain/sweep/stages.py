@@ -148,7 +148,8 @@ class StageRunner:
         trial_resources.update(res.driver_resources)
         trainable = tune.with_resources(tune.with_parameters(config_trial, ctx=ctx),
                                         trial_resources)
-        writer = MlflowWriter(self.tracker, out=self.out, retry_s=spec.tracking.retry_s)
+        writer = MlflowWriter(self.tracker, out=self.out, retry_s=spec.tracking.retry_s,
+                              flush_s=spec.tracking.flush_s)
         printer = ProgressPrinter(plan, self.task, out=self.out, mode=spec.search.mode,
                                   tty=self.tty)
         # Tune's JSON results first: the on-disk copy MLflow is re-synced from

@@ -218,8 +218,31 @@ class Tracker:
                 if run.info.status != "RUNNING":
                     self._closed[key] = run.info.status
 
+    def log_records(self, records: list[dict[str, Any]]) -> None:
+        """Log records in order, consecutive epochs of one run in one MLflow write.
+
+        A run's plain epochs (not its last, not a replay after a resume, no arrays) are
+        merged into the next record of the same run, so a run that reported ten epochs
+        since the last write costs one ``log_batch``, not ten. Same idempotency as
+        :meth:`log_record`.
+        """
+        held: list[dict[str, Any]] = []
+        for rec in records:
+            if held and held[-1]["key"] != rec["key"]:
+                self.log_record(_merged(held))
+                held = []
+            held.append(rec)
+            if not _plain(rec):
+                self.log_record(_merged(held))
+                held = []
+        if held:
+            self.log_record(_merged(held))
+
     def log_record(self, record: dict[str, Any]) -> None:
         """Log one epoch of one run (a record from :class:`ConfigExecutor.step`).
+
+        ``record["history"]`` (optional, from :meth:`log_records`): ``[(epoch, metrics)]``
+        of the run's earlier epochs written in the same request.
 
         Idempotent: epochs at or below the run's ``raybrain.last_epoch`` are skipped, and a
         run already closed is left alone. The cached last epoch moves only after MLflow
@@ -257,8 +280,10 @@ class Tracker:
                 return
         ts = int(time.time() * 1000)
         metrics = []
-        if epoch > last:
-            metrics = [Metric(k, float(record["metrics"][k]), ts, epoch) for k in names]
+        for e, values in [*record.get("history", ()), (epoch, record["metrics"])]:
+            if int(e) > last:
+                metrics += [Metric(k, float(v), ts, int(e)) for k, v in values.items()
+                            if k != "epoch"]
         tags = [RunTag("raybrain.last_epoch", str(max(epoch, last)))]
         if record.get("node_id"):
             tags.append(RunTag("raybrain.node_id", str(record["node_id"])))
@@ -328,3 +353,17 @@ class Tracker:
                 self.client.set_tag(self._runs[key], "raybrain.failure_reason", reason[:5000])
                 self.client.set_terminated(self._runs[key], status="FAILED")
                 self._closed[key] = "FAILED"
+
+
+def _plain(record: dict[str, Any]) -> bool:
+    """A record that may be merged into its run's next one: an epoch in the middle."""
+    return not (record.get("done") or record.get("failed") or record.get("artifacts")
+                or record.get("resumed_from") is not None or record.get("history"))
+
+
+def _merged(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last record, carrying the earlier plain epochs of its run as ``history``."""
+    if len(records) == 1:
+        return records[0]
+    last = records[-1]
+    return {**last, "history": [(r["epoch"], r["metrics"]) for r in records[:-1]]}
