@@ -557,7 +557,9 @@ def _cluster_spec_of(docs: list[dict]) -> dict:
 @pytest.mark.parametrize("name", LAUNCHERS)
 def test_launcher_validates_against_rays_schema(name):
     schema = json.loads(RAY_SCHEMA.read_text())
-    jsonschema.validate(launcher(name), schema)
+    validator = jsonschema.validators.validator_for(schema)(schema)  # the draft it names
+    errors = [f"{list(e.path)}: {e.message}" for e in validator.iter_errors(launcher(name))]
+    assert errors == [], errors
 
 
 @pytest.mark.parametrize("name", LAUNCHERS)

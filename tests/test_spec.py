@@ -166,7 +166,8 @@ def test_step_count_mismatch(tmp_path, capsys, write_spec, tiny_spec_dict):
 
 def test_valid_npz_is_accepted(tmp_path, tiny_spec_dict):
     path = _npz(tmp_path)
-    validate_spec(parse_spec(_npz_spec(tiny_spec_dict, path)))
+    checked = validate_spec(parse_spec(_npz_spec(tiny_spec_dict, path)))
+    assert checked["data"].source == "npz" and checked["data"].path == str(path)
 
 
 def test_too_few_seeds_warns(tiny_spec_dict):

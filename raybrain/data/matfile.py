@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,24 +84,28 @@ def _size(shape: tuple[int, ...]) -> str:
 
 # -- a uniform view of MATLAB values in v5 (scipy) and v7.3 (h5py) files ------------------
 
-class _Node:
+class _Node(ABC):
     """One MATLAB value: ``kind`` is numeric, struct, cell, char, empty or other."""
 
     kind: str
     shape: tuple[int, ...]  # MATLAB's dimensions
     mclass: str  # MATLAB's class name
 
-    def fields(self) -> list[str]:  # struct
-        raise NotImplementedError
+    @abstractmethod
+    def fields(self) -> list[str]:
+        """A struct's field names."""
 
-    def field(self, name: str) -> list[_Node]:  # struct: one value per element
-        raise NotImplementedError
+    @abstractmethod
+    def field(self, name: str) -> list[_Node]:
+        """A struct's field ``name``: one value per element of the struct array."""
 
-    def elements(self) -> list[_Node]:  # cell, MATLAB linear order
-        raise NotImplementedError
+    @abstractmethod
+    def elements(self) -> list[_Node]:
+        """A cell array's elements, in MATLAB's linear (column-major) order."""
 
-    def read(self) -> np.ndarray:  # numeric, MATLAB axis order
-        raise NotImplementedError
+    @abstractmethod
+    def read(self) -> np.ndarray:
+        """A numeric value's array, axes in MATLAB's order."""
 
     def dtype(self) -> np.dtype:
         return np.dtype(MAT_NUMERIC.get(self.mclass, "float64"))

@@ -75,7 +75,7 @@ class StageRunner:
                           "in-process per trial, runs that share their params vectorised "
                           "(one batch of models)" if self.vectorise else "in-process per trial")
         if res.vectorise is True and not self.vectorise:
-            out(f"resources.vectorise is true but "
+            out("resources.vectorise is true but "
                 + ("runs train as TorchTrainers" if self.use_train else
                    f"task {self.task.name!r} has no vectorised path") + ": each run trains alone")
         if self.use_gpu and self.capacity.get("GPU", 0.0) == 0:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from raybrain.align import TRANSFER_LOSSES, linear_cka, mix_losses, rsa, subsample_items
 from raybrain.data import (
@@ -35,7 +35,7 @@ from raybrain.data import (
 from raybrain.errors import SpecError
 from raybrain.models import MemoryGRU
 from raybrain.tasks import register
-from raybrain.tasks.base import Param, Task, TorchRun
+from raybrain.tasks.base import GENERATOR_NOT_BARE_NULL, Param, Task, TorchRun
 
 
 class MemoryData(BaseModel):
@@ -82,13 +82,7 @@ class MemoryData(BaseModel):
     min_steps: int = Field(4, ge=1)
     max_steps: int = Field(12, ge=1)
 
-    @field_validator("generator", mode="before")
-    @classmethod
-    def _bare_null(cls, v):
-        if v is None:
-            raise ValueError("generator must be 'informative' or 'null'; write \"null\" in quotes "
-                             "(a bare null is YAML's empty value)")
-        return v
+    _bare_null = GENERATOR_NOT_BARE_NULL
 
     @model_validator(mode="after")
     def _check(self):

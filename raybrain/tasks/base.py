@@ -39,7 +39,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
 BRAIN_SOURCES = ("real", "shuffled", "noise")
 
@@ -406,3 +406,15 @@ class Task(ABC):
         if brain_source is not None and w is not None and not float(p[w]) > 0:
             raise SpecError(f"a run with brain source {brain_source!r} needs {w} > 0, "
                             f"got {w}={p[w]}")
+
+
+def _refuse_bare_null(value):
+    """A bare ``generator: null`` in YAML is the empty value, not the null generator."""
+    if value is None:
+        raise ValueError("generator must be 'informative' or 'null'; write \"null\" in quotes "
+                         "(a bare null is YAML's empty value)")
+    return value
+
+
+#: put in a data model's class body as ``_bare_null = GENERATOR_NOT_BARE_NULL``
+GENERATOR_NOT_BARE_NULL = field_validator("generator", mode="before")(_refuse_bare_null)

@@ -58,11 +58,11 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from raybrain.errors import SpecError
 from raybrain.tasks import register
-from raybrain.tasks.base import Param, Task, TorchRun
+from raybrain.tasks.base import GENERATOR_NOT_BARE_NULL, Param, Task, TorchRun
 
 # ----------------------------------------------------------------------------- data spec
 
@@ -155,13 +155,7 @@ class BrainLoopData(BaseModel):
     #: entropic epsilon of the evaluation's GW (its entropic half with "best")
     eval_gw_epsilon: float = Field(5e-3, gt=0)
 
-    @field_validator("generator", mode="before")
-    @classmethod
-    def _bare_null(cls, v):
-        if v is None:
-            raise ValueError("generator must be 'informative' or 'null'; write \"null\" in quotes "
-                             "(a bare null is YAML's empty value)")
-        return v
+    _bare_null = GENERATOR_NOT_BARE_NULL
 
     @model_validator(mode="after")
     def _check(self):

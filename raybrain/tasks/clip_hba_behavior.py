@@ -58,7 +58,7 @@ from raybrain.tasks._clip_common import (
     model_geometry,
     split_stimuli,
 )
-from raybrain.tasks.base import Param, Task
+from raybrain.tasks.base import GENERATOR_NOT_BARE_NULL, Param, Task
 
 
 class BehaviorData(BackboneImages):
@@ -85,13 +85,7 @@ class BehaviorData(BackboneImages):
     #: synthetic only (THINGS tests on its 48 fully sampled objects)
     test_fraction: float = Field(0.2, gt=0, lt=1)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _bare_null(cls, v):
-        if isinstance(v, dict) and "generator" in v and v["generator"] is None:
-            raise ValueError("generator must be 'informative' or 'null'; write \"null\" in "
-                             "quotes (a bare null is YAML's empty value)")
-        return v
+    _bare_null = GENERATOR_NOT_BARE_NULL
 
     @model_validator(mode="after")
     def _check(self):

@@ -84,7 +84,7 @@ from raybrain.tasks._clip_common import (
     split_stimuli,
 )
 from raybrain.tasks.b2m_driving import PrepSettings
-from raybrain.tasks.base import Param, Task
+from raybrain.tasks.base import GENERATOR_NOT_BARE_NULL, Param, Task
 
 #: a noise-arm surrogate above this many bytes is written to data.cache_dir, not held in memory
 SURROGATE_IN_MEMORY = 2**30
@@ -154,13 +154,7 @@ class MEGData(BackboneImages):
     saliency_masks: int = Field(200, ge=1)
     saliency_grid: int = Field(7, ge=2)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _bare_null(cls, v):
-        if isinstance(v, dict) and "generator" in v and v["generator"] is None:
-            raise ValueError("generator must be 'informative' or 'null'; write \"null\" in "
-                             "quotes (a bare null is YAML's empty value)")
-        return v
+    _bare_null = GENERATOR_NOT_BARE_NULL
 
     @model_validator(mode="after")
     def _check(self):

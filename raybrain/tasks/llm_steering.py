@@ -66,7 +66,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from raybrain.errors import SpecError
 from raybrain.tasks import register
-from raybrain.tasks.base import Param, Task, TorchRun
+from raybrain.tasks.base import GENERATOR_NOT_BARE_NULL, Param, Task, TorchRun
 
 DEFAULT_LAMBDAS = tuple(float(a) for a in np.logspace(-2, 5, 15))
 
@@ -149,13 +149,7 @@ class LLMData(BaseModel):
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     predictivity: PredictivitySettings = PredictivitySettings()
 
-    @field_validator("generator", mode="before")
-    @classmethod
-    def _bare_null(cls, v):
-        if v is None:
-            raise ValueError("generator must be 'informative' or 'null'; write \"null\" in quotes "
-                             "(a bare null is YAML's empty value)")
-        return v
+    _bare_null = GENERATOR_NOT_BARE_NULL
 
     @model_validator(mode="after")
     def _check(self):
