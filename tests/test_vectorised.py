@@ -54,6 +54,25 @@ def test_the_gru_stack_follows_torch_gru():
     assert torch.allclose(gru_stack(x[None], *w)[0], ref(x)[0], atol=1e-6)
 
 
+def test_the_written_out_backward_gives_torch_gru_gradients():
+    """Known answer: the hand-written backpropagation through time of the stack gives the
+    gradients autograd gives through torch.nn.GRU (same weights, each model of a stack of
+    two, float64), for the weights, the biases and the inputs."""
+    torch.manual_seed(1)
+    refs = [torch.nn.GRU(3, 5, batch_first=True).double() for _ in range(2)]
+    x = torch.randn(2, 4, 7, 3, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(2, 4, 7, 5, dtype=torch.float64)
+    names = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
+    w = [torch.stack([getattr(r, n).detach() for r in refs]).requires_grad_() for n in names]
+    (gru_stack(x, *w) * upstream).sum().backward()
+    for k, ref in enumerate(refs):
+        xk = x.detach()[k].clone().requires_grad_()
+        (ref(xk)[0] * upstream[k]).sum().backward()
+        for n, got in zip(names, w):
+            assert torch.allclose(got.grad[k], getattr(ref, n).grad, atol=1e-12), n
+        assert torch.allclose(x.grad[k], xk.grad, atol=1e-12)
+
+
 def test_the_gru_stack_has_gradients_and_trains():
     model = MemoryGRU(4, 8, 3, dropout=0.0).double()
     x = torch.randn(2, 6, 4, dtype=torch.float64)
