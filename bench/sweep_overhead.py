@@ -1,10 +1,18 @@
 """Sweep overhead: wall time of a sweep through Ray Tune + MLflow / ideal wall time.
 
-Ideal = the compute of every run of the spec, measured in this same process with one
-torch thread (as trials run) and the same execution (seeds vectorised when the spec and
-task do), divided by the number of CPUs. The ratio says what
-Ray, Tune, trial start-up, checkpoints and MLflow writes cost on top of the training
-itself. Both are measured in one invocation, on the same machine state.
+Three figures, measured in one invocation on the same machine state:
+
+- **ideal** = the compute of every run of the spec, measured in this process with one
+  torch thread (as trials run) and the same execution (seeds vectorised when the spec
+  and task do), divided by the number of CPUs;
+- **bare processes**: the sweep's trials (one per config, each with the baseline runs the
+  sweep assigns it) trained in ``--cpus`` plain Python processes at once, one thread each,
+  no Ray, Tune or MLflow: what the same work takes on these cores with no orchestration;
+- **sweep**: ``run_sweep`` of the spec (Ray start to verdict and report).
+
+``sweep / ideal`` is the ratio the targets are stated in. ``bare / ideal`` is what the
+machine itself costs when every core is busy (shared caches and memory bandwidth, and the
+trials' unequal lengths); ``sweep / bare`` is what raybrain's orchestration costs on top.
 
     .venv/bin/python bench/sweep_overhead.py [SPEC] [--cpus 2]
 """
@@ -49,6 +57,66 @@ def in_process_compute(spec) -> tuple[float, int]:
     return time.perf_counter() - t0, len(runs)
 
 
+def trial_runs(spec) -> list[list]:
+    """The runs of each Tune trial of a grid spec, as the sweep splits them: a config's
+    brain-dependent runs and the baseline runs assigned to it."""
+    from raybrain.sweep.arms import assign_baselines
+
+    task = tasks.get(spec.task)
+    plans = [plan_config_runs(spec.name, task, {**spec.fixed(), **cfg}, spec.arms.include,
+                              spec.arms, spec.seed_list, spec.data_seed, label=cfg)
+             for cfg in grid_configs(spec)]
+    owner = assign_baselines(plans, together=bool(spec.resources.vectorise) and task.can_vectorise)
+    trials = []
+    for runs in plans:
+        me = next(r.config_id for r in runs if not r.is_baseline)
+        trials.append([r for r in runs if not r.is_baseline or owner.get(r.key) == me])
+    return trials
+
+
+def _slot(spec_path: str, todo, barrier, busy) -> None:
+    """One bare process: load the data, wait for the others, train trials until none is
+    left; adds its busy seconds to ``busy``."""
+    torch.set_num_threads(1)
+    spec = load_spec(spec_path)
+    task = tasks.get(spec.task)
+    data = task.load_data(task.parse_data(spec.data), spec.data_seed)
+    trials = trial_runs(spec)
+    barrier.wait()
+    t0 = time.perf_counter()
+    while True:
+        try:
+            i = todo.get_nowait()
+        except Exception:
+            break
+        ex = ConfigExecutor(task, data, trials[i], task.primary_metric,
+                            vectorise=bool(spec.resources.vectorise))
+        while not ex.done:
+            ex.step()
+    with busy.get_lock():
+        busy.value += time.perf_counter() - t0
+
+
+def bare_processes(spec_path: str, spec, cpus: int) -> float:
+    """Wall seconds of the sweep's trials in ``cpus`` plain processes (see the doc)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    todo, barrier, busy = ctx.Queue(), ctx.Barrier(cpus + 1), ctx.Value("d", 0.0)
+    for i in range(len(trial_runs(spec))):
+        todo.put(i)
+    time.sleep(0.5)  # the queue's feeder thread has handed every index over
+    procs = [ctx.Process(target=_slot, args=(spec_path, todo, barrier, busy))
+             for _ in range(cpus)]
+    for p in procs:
+        p.start()
+    barrier.wait(timeout=600)
+    t0 = time.perf_counter()
+    for p in procs:
+        p.join()
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("spec", nargs="?", default=str(ROOT / "search_spaces" / "b2m_memory_quick.yaml"))
@@ -61,6 +129,7 @@ def main() -> None:
     # compute measured before and after the sweep (this machine's speed drifts by tens of
     # per cent over minutes when it is shared): the ratio uses their mean, both are printed
     before, n_runs = in_process_compute(spec)
+    bare = bare_processes(args.spec, spec, args.cpus)
     here = os.getcwd()
     with tempfile.TemporaryDirectory() as d:
         os.chdir(d)
@@ -76,8 +145,11 @@ def main() -> None:
     print(f"in-process compute (1 thread):             {compute:.1f} s ({compute / n_runs:.2f} s per run;"
           f" {before:.1f} s before the sweep, {after:.1f} s after)")
     print(f"ideal sweep wall time (compute / cpus):     {ideal:.1f} s")
+    print(f"bare processes ({args.cpus} at once, no Ray/MLflow): {bare:.1f} s")
     print(f"sweep wall time (Ray Tune + MLflow):        {wall:.1f} s")
     print(f"ratio sweep / ideal:                        {wall / ideal:.2f}")
+    print(f"ratio bare processes / ideal (the machine): {bare / ideal:.2f}")
+    print(f"ratio sweep / bare processes (raybrain):    {wall / bare:.2f}")
     import json
 
     res = ROOT / "bench" / "results"
@@ -86,7 +158,10 @@ def main() -> None:
         f.write(json.dumps({"spec": Path(args.spec).name, "runs": n_runs, "cpus": args.cpus,
                             "compute_s": round(compute, 1), "compute_before_s": round(before, 1),
                             "compute_after_s": round(after, 1), "ideal_s": round(ideal, 1),
-                            "sweep_s": round(wall, 1), "ratio": round(wall / ideal, 2)}) + "\n")
+                            "bare_processes_s": round(bare, 1), "sweep_s": round(wall, 1),
+                            "ratio": round(wall / ideal, 2),
+                            "bare_over_ideal": round(bare / ideal, 2),
+                            "sweep_over_bare": round(wall / bare, 2)}) + "\n")
 
 
 if __name__ == "__main__":

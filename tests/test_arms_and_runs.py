@@ -102,6 +102,26 @@ def test_grid_baselines_are_spread_over_configs(task, tiny_spec_dict):
     assert got[0] | got[1] == base_keys and not got[0] & got[1]
 
 
+def test_vectorised_sweeps_keep_a_baseline_variants_seeds_together(task, tiny_spec_dict):
+    """When runs train as batches of models, every seed of one baseline variant (one
+    set of params) goes to the same config, and the variants are still spread."""
+    from raybrain.sweep.arms import assign_baselines
+
+    spec = {**tiny_spec_dict, "seeds": 3,
+            "arms": {"include": ["brain", "l2", "none"], "l2_grid": [1e-4, 1e-3]}}
+    plans = [_runs(task, spec, {"alpha": a}) for a in (0.1, 0.2, 0.3)]
+    assigned = assign_baselines(plans, together=True)
+    variants: dict[tuple, set] = {}
+    for r in plans[0]:
+        if r.is_baseline:
+            variants.setdefault((r.config_id, r.arm), set()).add(assigned[r.key])
+    assert len(variants) == 3 and all(len(owners) == 1 for owners in variants.values())
+    # three variants of three seeds over three configs of three brain runs: one each
+    assert len({next(iter(o)) for o in variants.values()}) == 3
+    split = assign_baselines(plans)  # run by run: the seeds of a variant may be split
+    assert set(split) == set(assigned)
+
+
 def test_same_seed_same_initialisation_in_every_arm(task, data, tiny_spec_dict):
     runs = _runs(task, tiny_spec_dict, {"alpha": 0.1})
     seed0 = [r for r in runs if r.seed == 0]

@@ -197,7 +197,30 @@ def test_dry_run_starts_nothing(tmp_path, capsys, write_spec, tiny_spec_dict):
     assert main(["sweep", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "2 configs" in out and "runs:" in out
+    assert "estimated wall time: ~" in out and "run-epochs" in out
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_cost_estimate_extrapolates_a_timed_epoch(tmp_path, write_spec, tiny_spec_dict):
+    """The dry run's estimate: the timed time per run-epoch times every planned run-epoch,
+    spread over the configs that train at once (slowed when they share the cores), plus
+    the start-up and finishing constants."""
+    from raybrain.sweep import estimate as est_mod
+    from raybrain.sweep.preflight import preflight
+
+    path = write_spec(tiny_spec_dict)
+    pre = preflight(load_spec(path), str(path), check_tracking=False)
+    one, two = est_mod.estimate(pre, num_cpus=1), est_mod.estimate(pre, num_cpus=2)
+    assert one.total_epochs == pre.plan.total_epochs > 0
+    for e, concurrent, slowdown in ((one, 1, 1.0), (two, 2, est_mod.CONCURRENT_SLOWDOWN)):
+        assert e.concurrent == concurrent and e.per_run_epoch_s > 0
+        assert e.compute_s == pytest.approx(e.total_epochs * e.per_run_epoch_s)
+        assert e.wall_s == pytest.approx(
+            e.compute_s * slowdown / concurrent + est_mod.RAY_START_S
+            + e.waves * est_mod.TRIAL_START_S + est_mod.FINISH_S)
+    assert two.waves == 1 and one.waves == 2  # the spec's two configs
+    assert "x 1.25 for trials sharing the cores" in two.describe()
+    assert "sharing the cores" not in one.describe()
 
 
 def test_cli_error_has_no_traceback(tmp_path, write_spec, tiny_spec_dict):

@@ -117,7 +117,7 @@ def _spec_of(client, parent) -> Any:
 # --------------------------------------------------------------------------- build
 def build_report(sweep: str, tracking_uri: str = DEFAULT_URI, experiment: str = DEFAULT_EXPERIMENT,
                  out_dir: str | Path | None = None, log_to_mlflow: bool = True,
-                 dashboards_dir: str | Path | None = None) -> Path:
+                 dashboards_dir: str | Path | None = None, table=None) -> Path:
     """Write the report of ``sweep`` and return the path of its ``index.html``.
 
     Parameters
@@ -134,6 +134,9 @@ def build_report(sweep: str, tracking_uri: str = DEFAULT_URI, experiment: str = 
     dashboards_dir : str or Path, optional
         Where ``<task>.yaml`` chart definitions live (default: the repository's
         ``dashboards/``).
+    table : VerdictTable, optional
+        The sweep's verdict when the caller has just computed it (the end of a sweep);
+        None computes it from MLflow.
 
     Raises
     ------
@@ -162,7 +165,8 @@ def build_report(sweep: str, tracking_uri: str = DEFAULT_URI, experiment: str = 
 
     tracker = Tracker(tracking_uri, experiment)
     tracker.parent_id = parent.info.run_id
-    table = verdict_table(tracker, spec)
+    if table is None:
+        table = verdict_table(tracker, spec)
     children = tracker.child_runs()
     runs = []
     for run in children:

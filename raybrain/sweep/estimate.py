@@ -6,13 +6,15 @@ trains and evaluates two epochs of them (as one vectorised group when the sweep 
 vectorise them, else one run alone), times the second, and extrapolates:
 
     compute = (epochs of every planned run) x (time per run-epoch)
-    wall    = compute / (configs training at once) + start-up
+    wall    = compute x slowdown / (configs training at once) + start-up + finish
 
 where the configs training at once are ``min(configs, CPUs / cpus_per_run)`` on this
-machine, and start-up is measured constants of this machine: Ray's start and each wave of
-trials' own start (process, imports, data). The first epoch warms up caches (allocations,
-kernels for new shapes) and is not timed. ``bench/estimate_accuracy.py`` compares the
-estimate with real sweeps.
+machine; start-up and finish are measured constants of the development machine (Ray's
+start, each wave of trials' own start: process, imports, data; the verdict, the report
+and Ray's shutdown); slowdown is what trials sharing the machine's cores cost each other
+(shared caches and memory bandwidth, the driver's MLflow writes), 1 when one trial runs.
+The first epoch warms up caches (allocations, kernels for new shapes) and is not timed.
+``bench/quick_specs.py`` compares the estimate with real sweeps.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ from dataclasses import dataclass
 #: and a Tune trial's process start with imports and data (see docs/benchmarks.md)
 RAY_START_S = 8.0
 TRIAL_START_S = 6.0
+#: seconds: verdict, report and Ray's shutdown at the end of a sweep (same machine)
+FINISH_S = 5.0
+#: per-trial slowdown when several trials share the cores: bench/sweep_overhead.py's
+#: "bare processes / ideal" on the quick memory spec (trials in plain processes, 2 at once)
+CONCURRENT_SLOWDOWN = 1.25
 
 
 @dataclass
@@ -44,8 +51,11 @@ class Estimate:
                if self.vectorised else "the 2nd epoch of one run")
         return (f"estimated wall time: ~{_fmt(self.wall_s)} ({self.total_epochs} run-epochs "
                 f"x {self.per_run_epoch_s:.3g} s, timed on {how}, over {self.concurrent} "
-                f"config(s) at once in {self.waves} wave(s), plus ~{_fmt(RAY_START_S)} Ray "
-                f"start and ~{_fmt(TRIAL_START_S)} per wave of trials starting)")
+                f"config(s) at once in {self.waves} wave(s)"
+                + (f", x {CONCURRENT_SLOWDOWN} for trials sharing the cores"
+                   if self.concurrent > 1 else "")
+                + f", plus ~{_fmt(RAY_START_S)} Ray start, ~{_fmt(TRIAL_START_S)} per wave "
+                f"of trials starting and ~{_fmt(FINISH_S)} for the verdict and report)")
 
 
 def _fmt(s: float) -> str:
@@ -90,6 +100,7 @@ def estimate(pre, num_cpus: int | None = None) -> Estimate:
     concurrent = max(1, min(plan.num_configs, math.floor(cpus / per_trial + 1e-9)))
     waves = math.ceil(plan.num_configs / concurrent)
     compute = plan.total_epochs * per
-    wall = compute / concurrent + RAY_START_S + waves * TRIAL_START_S
+    slowdown = CONCURRENT_SLOWDOWN if concurrent > 1 else 1.0
+    wall = compute * slowdown / concurrent + RAY_START_S + waves * TRIAL_START_S + FINISH_S
     return Estimate(per, len(runs), plan.total_epochs, concurrent, waves, compute, wall,
                     vectorise and len(ex.groups) > 0)

@@ -28,7 +28,7 @@ def finish(pre, tracker, out: Callable[[str], None]):
     try:
         from raybrain.analysis.report import build_report
 
-        out(f"report: {build_report(spec.name, spec.tracking.uri, spec.tracking.experiment)}")
+        out(f"report: {build_report(spec.name, spec.tracking.uri, spec.tracking.experiment, table=table)}")
     except Exception as exc:  # the runs and the verdict are safe in MLflow already
         out(f"the report could not be written ({type(exc).__name__}: {exc}); "
             f"retry with: raybrain report {spec.name} --tracking-uri {spec.tracking.uri}")

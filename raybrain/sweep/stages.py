@@ -93,7 +93,7 @@ class StageRunner:
             assigned = assign_baselines([
                 plan_config_runs(spec.name, self.task, {**spec.fixed(), **c}, spec.arms.include,
                                  spec.arms, plan.seeds, spec.data_seed, label=c, stage=plan.stage)
-                for c in plan.configs])
+                for c in plan.configs], together=self.vectorise)
         ledger_name = f"raybrain-ledger-{name}-{self.spec_hash}"
         # keep the handle: a named actor dies with its last handle
         self._ledgers[ledger_name] = BaselineLedger.options(
