@@ -5,7 +5,7 @@ estimate ``raybrain sweep SPEC --dry-run`` prints (one epoch timed, extrapolated
 ``raybrain/sweep/estimate.py``), then the sweep itself through Ray Tune + MLflow (a
 temporary store and storage), its wall time and the peak resident memory of its largest
 trial process (metric ``peak_memory_mb`` of the runs). Writes
-``bench/results/quick_specs.json``.
+``bench/results/quick_specs.json`` (a spec measured again replaces its row).
 
     .venv/bin/python bench/quick_specs.py [SPEC ...] [--cpus 2]
 """
@@ -71,9 +71,14 @@ def main() -> None:
         print(f"{row['spec']:42s} runs {row['runs']:4d}  estimate {row['estimate_s']:7.1f} s  "
               f"sweep {row['sweep_s']:7.1f} s  estimate/actual {row['estimate_over_actual']:.2f}"
               f"  peak trial memory {row['peak_trial_memory_mb']:.0f} MiB", flush=True)
+    # the specs measured now replace their earlier rows; the others' rows are kept
     res = ROOT / "bench" / "results"
     res.mkdir(parents=True, exist_ok=True)
-    (res / "quick_specs.json").write_text(json.dumps(rows, indent=1) + "\n")
+    out = res / "quick_specs.json"
+    kept = json.loads(out.read_text()) if out.exists() else []
+    now = {r["spec"] for r in rows}
+    merged = [r for r in kept if r["spec"] not in now] + rows
+    out.write_text(json.dumps(sorted(merged, key=lambda r: r["spec"]), indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Sweep overhead: wall time of a sweep through Ray Tune + MLflow / ideal wall time.
 
-Three figures, measured in one invocation on the same machine state:
+Three figures, measured in one invocation (``--reps`` rounds of all three, interleaved, and
+their medians: a shared machine's speed drifts by tens of per cent over minutes):
 
 - **ideal** = the compute of every run of the spec, measured in this process with one
   torch thread (as trials run) and the same execution (seeds vectorised when the spec
@@ -14,7 +15,7 @@ Three figures, measured in one invocation on the same machine state:
 machine itself costs when every core is busy (shared caches and memory bandwidth, and the
 trials' unequal lengths); ``sweep / bare`` is what raybrain's orchestration costs on top.
 
-    .venv/bin/python bench/sweep_overhead.py [SPEC] [--cpus 2]
+    .venv/bin/python bench/sweep_overhead.py [SPEC] [--cpus 2] [--reps 3]
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def trial_runs(spec) -> list[list]:
     return trials
 
 
-def _slot(spec_path: str, todo, barrier, busy) -> None:
+def _slot(spec_path: str, todo, n_trials: int, barrier, busy) -> None:
     """One bare process: load the data, wait for the others, train trials until none is
     left; adds its busy seconds to ``busy``."""
     torch.set_num_threads(1)
@@ -85,9 +86,10 @@ def _slot(spec_path: str, todo, barrier, busy) -> None:
     barrier.wait()
     t0 = time.perf_counter()
     while True:
-        try:
-            i = todo.get_nowait()
-        except Exception:
+        with todo.get_lock():  # the next trial not taken yet, as Tune hands them out
+            i = todo.value
+            todo.value += 1
+        if i >= n_trials:
             break
         ex = ConfigExecutor(task, data, trials[i], task.primary_metric,
                             vectorise=bool(spec.resources.vectorise))
@@ -102,11 +104,9 @@ def bare_processes(spec_path: str, spec, cpus: int) -> float:
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
-    todo, barrier, busy = ctx.Queue(), ctx.Barrier(cpus + 1), ctx.Value("d", 0.0)
-    for i in range(len(trial_runs(spec))):
-        todo.put(i)
-    time.sleep(0.5)  # the queue's feeder thread has handed every index over
-    procs = [ctx.Process(target=_slot, args=(spec_path, todo, barrier, busy))
+    todo, barrier, busy = ctx.Value("i", 0), ctx.Barrier(cpus + 1), ctx.Value("d", 0.0)
+    n_trials = len(trial_runs(spec))
+    procs = [ctx.Process(target=_slot, args=(spec_path, todo, n_trials, barrier, busy))
              for _ in range(cpus)]
     for p in procs:
         p.start()
@@ -117,48 +117,64 @@ def bare_processes(spec_path: str, spec, cpus: int) -> float:
     return time.perf_counter() - t0
 
 
+def sweep_wall(spec, cpus: int) -> float:
+    """Wall seconds of ``run_sweep`` of the spec, in a temporary store and storage."""
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory() as d:
+        os.chdir(d)
+        try:
+            t0 = time.perf_counter()
+            run_sweep(spec, tracking_uri=f"sqlite:///{d}/mlflow.db", out=lambda s: None,
+                      num_cpus=cpus)
+            return time.perf_counter() - t0
+        finally:
+            os.chdir(here)
+
+
 def main() -> None:
+    import json
+    import statistics
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("spec", nargs="?", default=str(ROOT / "search_spaces" / "b2m_memory_quick.yaml"))
     ap.add_argument("--cpus", type=int, default=os.cpu_count())
+    ap.add_argument("--reps", type=int, default=1,
+                    help="rounds of (compute, bare processes, sweep), interleaved; medians")
     args = ap.parse_args()
     spec = load_spec(args.spec)
     validate_spec(spec, args.spec)
     if spec.search.algorithm != "grid":
         raise SystemExit("the overhead bench needs a grid spec (every run known up front)")
-    # compute measured before and after the sweep (this machine's speed drifts by tens of
-    # per cent over minutes when it is shared): the ratio uses their mean, both are printed
-    before, n_runs = in_process_compute(spec)
-    bare = bare_processes(args.spec, spec, args.cpus)
-    here = os.getcwd()
-    with tempfile.TemporaryDirectory() as d:
-        os.chdir(d)
-        t0 = time.perf_counter()
-        run_sweep(spec, tracking_uri=f"sqlite:///{d}/mlflow.db", out=lambda s: None,
-                  num_cpus=args.cpus)
-        wall = time.perf_counter() - t0
-        os.chdir(here)
-    after, _ = in_process_compute(spec)
-    compute = (before + after) / 2
+    # this machine's speed drifts by tens of per cent over minutes when it is shared: each
+    # round measures all three one after another, the figures are medians over rounds, and
+    # every round is printed and kept
+    rounds = []
+    for r in range(args.reps):
+        compute, n_runs = in_process_compute(spec)
+        bare = bare_processes(args.spec, spec, args.cpus)
+        wall = sweep_wall(spec, args.cpus)
+        rounds.append({"compute_s": round(compute, 1), "bare_processes_s": round(bare, 1),
+                       "sweep_s": round(wall, 1)})
+        print(f"round {r + 1}: compute {compute:.1f} s, bare processes {bare:.1f} s, "
+              f"sweep {wall:.1f} s", flush=True)
+    med = {k: statistics.median(x[k] for x in rounds) for k in rounds[0]}
+    compute, bare, wall = med["compute_s"], med["bare_processes_s"], med["sweep_s"]
     ideal = compute / args.cpus
-    print(f"spec: {Path(args.spec).name}  runs: {n_runs}  cpus: {args.cpus}")
-    print(f"in-process compute (1 thread):             {compute:.1f} s ({compute / n_runs:.2f} s per run;"
-          f" {before:.1f} s before the sweep, {after:.1f} s after)")
+    print(f"spec: {Path(args.spec).name}  runs: {n_runs}  cpus: {args.cpus}  rounds: {args.reps}"
+          f" (medians)")
+    print(f"in-process compute (1 thread):             {compute:.1f} s ({compute / n_runs:.2f} s per run)")
     print(f"ideal sweep wall time (compute / cpus):     {ideal:.1f} s")
     print(f"bare processes ({args.cpus} at once, no Ray/MLflow): {bare:.1f} s")
     print(f"sweep wall time (Ray Tune + MLflow):        {wall:.1f} s")
     print(f"ratio sweep / ideal:                        {wall / ideal:.2f}")
     print(f"ratio bare processes / ideal (the machine): {bare / ideal:.2f}")
     print(f"ratio sweep / bare processes (raybrain):    {wall / bare:.2f}")
-    import json
-
     res = ROOT / "bench" / "results"
     res.mkdir(parents=True, exist_ok=True)
     with open(res / "sweep_overhead.json", "a") as f:
         f.write(json.dumps({"spec": Path(args.spec).name, "runs": n_runs, "cpus": args.cpus,
-                            "compute_s": round(compute, 1), "compute_before_s": round(before, 1),
-                            "compute_after_s": round(after, 1), "ideal_s": round(ideal, 1),
-                            "bare_processes_s": round(bare, 1), "sweep_s": round(wall, 1),
+                            "rounds": rounds, "compute_s": compute, "ideal_s": round(ideal, 1),
+                            "bare_processes_s": bare, "sweep_s": wall,
                             "ratio": round(wall / ideal, 2),
                             "bare_over_ideal": round(bare / ideal, 2),
                             "sweep_over_bare": round(wall / bare, 2)}) + "\n")

@@ -2,8 +2,9 @@
 
 ``raybrain sweep SPEC --dry-run`` prepares the spec's data (as ``raybrain data prepare``
 would; a sweep then finds it cached), builds the first config's brain-dependent runs,
-trains and evaluates two epochs of them (as one vectorised group when the sweep would
-vectorise them, else one run alone), times the second, and extrapolates:
+trains and evaluates an epoch of them (as one vectorised group when the sweep would
+vectorise them, else one run alone) to warm up, times the next epochs (up to three while
+they take under 3 s in all; their median), and extrapolates:
 
     compute = (epochs of every planned run) x (time per run-epoch)
     wall    = compute x slowdown / (configs training at once) + start-up + finish
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -47,8 +49,8 @@ class Estimate:
     vectorised: bool
 
     def describe(self) -> str:
-        how = (f"the 2nd epoch of {self.runs_timed} runs trained together (vectorised)"
-               if self.vectorised else "the 2nd epoch of one run")
+        how = (f"epochs after the first of {self.runs_timed} runs trained together "
+               f"(vectorised)" if self.vectorised else "epochs after the first of one run")
         return (f"estimated wall time: ~{_fmt(self.wall_s)} ({self.total_epochs} run-epochs "
                 f"x {self.per_run_epoch_s:.3g} s, timed on {how}, over {self.concurrent} "
                 f"config(s) at once in {self.waves} wave(s)"
@@ -89,9 +91,14 @@ def estimate(pre, num_cpus: int | None = None) -> Estimate:
     try:
         ex = ConfigExecutor(task, data, runs, task.primary_metric, vectorise=vectorise)
         ex.step()  # the first epoch warms caches up (allocations, kernels for new shapes)
-        t0 = time.perf_counter()
-        ex.step()
-        elapsed = time.perf_counter() - t0
+        # short epochs are timed up to three times (the median: one hiccup of a shared
+        # machine would otherwise double the estimate), long ones once
+        timed: list[float] = []
+        while not ex.done and len(timed) < 3 and (not timed or sum(timed) < 3.0):
+            t0 = time.perf_counter()
+            ex.step()
+            timed.append(time.perf_counter() - t0)
+        elapsed = statistics.median(timed) if timed else 0.0
     finally:
         torch.set_num_threads(threads)
     per = elapsed / max(len(runs), 1)
