@@ -200,8 +200,8 @@ def assign_baselines(plans: list[list[RunSpec]], together: bool = False) -> dict
     others wait. A unit is one run or, with ``together`` (the sweep vectorises its runs),
     every seed of one baseline variant: those runs share their params and train as one
     batch of models, and splitting them over trials would train several smaller batches
-    (on the quick memory spec: 25% more compute). Returns ``{baseline run key: owner}``,
-    the owner being the config's brain config id.
+    (the quick memory spec's two trials: 61.5 s of compute split, 57.4 s kept whole).
+    Returns ``{baseline run key: owner}``, the owner being the config's brain config id.
     """
     load: dict[str, int] = {}
     needs: dict[str, list[str]] = {}
