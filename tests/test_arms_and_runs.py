@@ -76,9 +76,9 @@ def test_baseline_runs_are_shared_across_configs(task, tiny_spec_dict):
 
 
 def test_ledger_logic_claims_each_baseline_once(task, tiny_spec_dict):
-    from raybrain.sweep.trial import BaselineLedger
+    from raybrain.sweep.trial import BaselineClaims
 
-    ledger = BaselineLedger.__ray_actor_class__(finished=["done-key"])
+    ledger = BaselineClaims(finished=["done-key"])
     base = [r.key for r in _runs(task, tiny_spec_dict, {"alpha": 0.1}) if r.is_baseline]
     first = ledger.claim(base + ["done-key"], "config-1")
     assert first == base
@@ -87,8 +87,10 @@ def test_ledger_logic_claims_each_baseline_once(task, tiny_spec_dict):
 
 
 def test_grid_baselines_are_spread_over_configs(task, tiny_spec_dict):
+    """A grid's baseline runs are assigned up front, evenly; each trial reads its share
+    from the assignment in its context (no ledger actor), finished runs left out."""
     from raybrain.sweep.arms import assign_baselines
-    from raybrain.sweep.trial import BaselineLedger
+    from raybrain.sweep.trial import claim_baselines
 
     plans = [_runs(task, tiny_spec_dict, {"alpha": a}) for a in (0.1, 0.2)]
     assigned = assign_baselines(plans)
@@ -97,9 +99,13 @@ def test_grid_baselines_are_spread_over_configs(task, tiny_spec_dict):
     owners = [next(r.config_id for r in p if not r.is_baseline) for p in plans]
     counts = [sum(1 for o in assigned.values() if o == owner) for owner in owners]
     assert sorted(counts) == [3, 3]  # 6 baseline runs, split evenly
-    ledger = BaselineLedger.__ray_actor_class__(finished=[], assigned=assigned)
-    got = [set(ledger.claim(sorted(base_keys), o)) for o in owners]
+    ctx = {"ledger": None, "assigned": assigned, "finished": []}
+    got = [set(claim_baselines(ctx, sorted(base_keys), o)) for o in owners]
     assert got[0] | got[1] == base_keys and not got[0] & got[1]
+    assert got[0] == set(claim_baselines(ctx, sorted(base_keys), owners[0]))  # a restart
+    done = sorted(got[0])[0]
+    again = claim_baselines({**ctx, "finished": [done]}, sorted(base_keys), owners[0])
+    assert set(again) == got[0] - {done}
 
 
 def test_vectorised_sweeps_keep_a_baseline_variants_seeds_together(task, tiny_spec_dict):

@@ -83,22 +83,24 @@ class StageRunner:
                 "autoscaler answers by adding GPU workers")
 
     # -- pieces -----------------------------------------------------------------------
-    def _ledger(self, plan: SweepPlan, name: str) -> str:
+    def _claims(self, plan: SweepPlan, name: str) -> dict[str, Any]:
+        """How the stage's trials share its baseline runs: a grid's assignment (every config
+        known up front: each trial reads its own share, no actor), else a ledger actor."""
         from raybrain.sweep.arms import assign_baselines, plan_config_runs
         from raybrain.sweep.trial import BaselineLedger
 
         spec = self.spec
-        assigned = None
         if plan.configs is not None:
             assigned = assign_baselines([
                 plan_config_runs(spec.name, self.task, {**spec.fixed(), **c}, spec.arms.include,
                                  spec.arms, plan.seeds, spec.data_seed, label=c, stage=plan.stage)
                 for c in plan.configs], together=self.vectorise)
+            return {"ledger": None, "assigned": assigned, "finished": list(self.finished)}
         ledger_name = f"raybrain-ledger-{name}-{self.spec_hash}"
         # keep the handle: a named actor dies with its last handle
         self._ledgers[ledger_name] = BaselineLedger.options(
-            name=ledger_name, get_if_exists=True).remote(self.finished, assigned)
-        return ledger_name
+            name=ledger_name, get_if_exists=True).remote(self.finished)
+        return {"ledger": ledger_name}
 
     def _concurrency(self, plan: SweepPlan) -> int:
         from raybrain.sweep.cluster import concurrency, trial_demand
@@ -123,7 +125,7 @@ class StageRunner:
                 "primary_metric": self.task.primary_metric,
                 "checkpoint_every": spec.storage.checkpoint_every,
                 "checkpoint_s": spec.storage.checkpoint_s,
-                "ledger": self._ledger(plan, name), "use_train": self.use_train,
+                **self._claims(plan, name), "use_train": self.use_train,
                 "num_workers": res.num_workers, "use_gpu": self.use_gpu,
                 "cpus_per_run": res.cpus_per_run, "gpus_per_worker": res.gpus_per_worker,
                 "run_max_failures": spec.storage.run_max_failures, "storage": str(self.storage),

@@ -26,8 +26,7 @@ from raybrain.sweep.execute import ConfigExecutor
 from raybrain.sweep.records import mark_resumed, trial_metrics
 
 
-@ray.remote(num_cpus=0)
-class BaselineLedger:
+class BaselineClaims:
     """Which config trains which baseline run (so each is trained once per sweep).
 
     Owners are configs (their brain config id), not Tune trial ids, so a restarted trial
@@ -35,6 +34,10 @@ class BaselineLedger:
     up front (a grid, balanced by :func:`~raybrain.sweep.arms.assign_baselines`); other
     keys go to the first config that asks. Keys of runs already finished in MLflow are
     never handed out again.
+
+    With every baseline run assigned (a grid) each trial answers its own claim from the
+    assignment it is given; otherwise (Optuna, random search: configs appear as the search
+    goes) one :data:`BaselineLedger` actor per stage holds the claims.
     """
 
     def __init__(self, finished: list[str], assigned: dict[str, str] | None = None):
@@ -43,6 +46,17 @@ class BaselineLedger:
 
     def claim(self, keys: list[str], owner: str) -> list[str]:
         return [k for k in keys if self.owner.setdefault(k, owner) == owner]
+
+
+#: the claims shared by a stage's trials when configs are not known up front
+BaselineLedger = ray.remote(num_cpus=0)(BaselineClaims)
+
+
+def claim_baselines(ctx: dict[str, Any], keys: list[str], owner: str) -> list[str]:
+    """The baseline runs of ``keys`` this config trains (see :class:`BaselineClaims`)."""
+    if ctx.get("ledger") is None:
+        return BaselineClaims(ctx["finished"], ctx["assigned"]).claim(keys, owner)
+    return ray.get(ray.get_actor(ctx["ledger"]).claim.remote(keys, owner))
 
 
 def config_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
@@ -62,9 +76,8 @@ def config_trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     else:
         planned = plan_trial_runs(ctx, searched)
         baselines = [r for r in planned if r.is_baseline]
-        ledger = ray.get_actor(ctx["ledger"])
         owner = next(r.config_id for r in planned if not r.is_baseline)
-        mine = set(ray.get(ledger.claim.remote([r.key for r in baselines], owner)))
+        mine = set(claim_baselines(ctx, [r.key for r in baselines], owner))
         runs = [r for r in planned if not r.is_baseline or r.key in mine]
 
     if ctx["use_train"]:
