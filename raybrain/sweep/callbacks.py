@@ -28,7 +28,7 @@ class MlflowWriter(Callback):
     """
 
     def __init__(self, tracker, out: Callable[[str], None] = print, retry_s: float = 15.0,
-                 flush_s: float = 5.0):
+                 flush_s: float = 15.0):
         self.tracker, self.out, self.retry_s, self.flush_s = tracker, out, retry_s, flush_s
         #: records waiting to be written, by run key, and when each key's first arrived
         self.pending: dict[str, list[dict]] = {}
