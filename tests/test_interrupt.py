@@ -25,7 +25,7 @@ from tests.test_faults import fault_outcome
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-EPOCHS = 40
+EPOCHS = 20
 
 
 def _spec(tiny, tmp_path) -> dict:
