@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import raybrain.tasks as tasks  # noqa: E402
 from raybrain.sweep import load_spec, run_sweep, validate_spec  # noqa: E402
-from raybrain.sweep.arms import plan_config_runs  # noqa: E402
+from raybrain.sweep.arms import assign_baselines, spec_config_runs  # noqa: E402
 from raybrain.sweep.plan import grid_configs  # noqa: E402
 from raybrain.sweep.execute import ConfigExecutor  # noqa: E402
 
@@ -47,8 +47,7 @@ def in_process_compute(spec) -> tuple[float, int]:
     data = task.load_data(task.parse_data(spec.data), spec.data_seed)
     runs = {}
     for cfg in grid_configs(spec):
-        for r in plan_config_runs(spec.name, task, {**spec.fixed(), **cfg}, spec.arms.include,
-                                  spec.arms, spec.seed_list, spec.data_seed):
+        for r in spec_config_runs(spec, task, cfg, spec.seed_list):
             runs[r.key] = r
     t0 = time.perf_counter()
     ex = ConfigExecutor(task, data, list(runs.values()), task.primary_metric,
@@ -60,18 +59,19 @@ def in_process_compute(spec) -> tuple[float, int]:
 
 def trial_runs(spec) -> list[list]:
     """The runs of each Tune trial of a grid spec, as the sweep splits them: a config's
-    brain-dependent runs and the baseline runs assigned to it."""
-    from raybrain.sweep.arms import assign_baselines
+    brain-dependent runs and the baseline runs it claims (as its trial does)."""
+    from raybrain.sweep.trial import claim_baselines
 
     task = tasks.get(spec.task)
-    plans = [plan_config_runs(spec.name, task, {**spec.fixed(), **cfg}, spec.arms.include,
-                              spec.arms, spec.seed_list, spec.data_seed, label=cfg)
+    plans = [spec_config_runs(spec, task, cfg, spec.seed_list, label=cfg)
              for cfg in grid_configs(spec)]
-    owner = assign_baselines(plans, together=bool(spec.resources.vectorise) and task.can_vectorise)
+    claims = {"ledger": None, "finished": [], "assigned": assign_baselines(
+        plans, together=bool(spec.resources.vectorise) and task.can_vectorise)}
     trials = []
     for runs in plans:
         me = next(r.config_id for r in runs if not r.is_baseline)
-        trials.append([r for r in runs if not r.is_baseline or owner.get(r.key) == me])
+        mine = set(claim_baselines(claims, [r.key for r in runs if r.is_baseline], me))
+        trials.append([r for r in runs if not r.is_baseline or r.key in mine])
     return trials
 
 

@@ -191,6 +191,15 @@ def plan_config_runs(sweep: str, task, params: dict[str, Any], arms: list[str], 
     return runs
 
 
+def spec_config_runs(spec, task, config: dict[str, Any], seeds: list[int],
+                     label: dict[str, Any] | None = None,
+                     stage: str = "search") -> list[RunSpec]:
+    """:func:`plan_config_runs` of one config of ``spec``: the spec's fixed params with the
+    config's values over them, the spec's arms and its data seed."""
+    return plan_config_runs(spec.name, task, {**spec.fixed(), **config}, spec.arms.include,
+                            spec.arms, seeds, spec.data_seed, label=label, stage=stage)
+
+
 def assign_baselines(plans: list[list[RunSpec]], together: bool = False) -> dict[str, str]:
     """Spread baseline runs over the configs that need them, balancing runs per config.
 

@@ -70,7 +70,7 @@ def estimate(pre, num_cpus: int | None = None) -> Estimate:
     """Time one epoch of the first config's runs and extrapolate the sweep (module doc)."""
     import torch
 
-    from raybrain.sweep.arms import plan_config_runs
+    from raybrain.sweep.arms import spec_config_runs
     from raybrain.sweep.execute import ConfigExecutor
 
     spec, task, plan = pre.spec, pre.task, pre.plan
@@ -78,9 +78,7 @@ def estimate(pre, num_cpus: int | None = None) -> Estimate:
     data = task.load_data(task.parse_data(prepared or spec.data), spec.data_seed)
     first = plan.configs[0] if plan.configs else {
         k: next(iter(v.values()))[0] for k, v in spec.searched().items()}
-    runs = [r for r in plan_config_runs(spec.name, task, {**spec.fixed(), **first},
-                                        spec.arms.include, spec.arms, plan.seeds,
-                                        spec.data_seed) if not r.is_baseline]
+    runs = [r for r in spec_config_runs(spec, task, first, plan.seeds) if not r.is_baseline]
     res = spec.resources
     use_train = res.num_workers > 1 or res.use_gpu is True
     vectorise = bool(res.vectorise) and not use_train and task.can_vectorise

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 from raybrain.errors import SweepFailed
 
@@ -28,7 +28,8 @@ def finish(pre, tracker, out: Callable[[str], None]):
     try:
         from raybrain.analysis.report import build_report
 
-        out(f"report: {build_report(spec.name, spec.tracking.uri, spec.tracking.experiment, table=table)}")
+        index = build_report(spec.name, spec.tracking.uri, spec.tracking.experiment, table=table)
+        out(f"report: {index}")
     except Exception as exc:  # the runs and the verdict are safe in MLflow already
         out(f"the report could not be written ({type(exc).__name__}: {exc}); "
             f"retry with: raybrain report {spec.name} --tracking-uri {spec.tracking.uri}")

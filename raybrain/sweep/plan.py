@@ -75,7 +75,7 @@ def make_plan(spec: Spec, task, max_configs: int | None = None, stage: str = "se
     sampled configs, on the spec's seeds. ``stage="confirm"``: the given ``configs`` on the
     spec's fresh confirmation seeds.
     """
-    from raybrain.sweep.arms import plan_config_runs
+    from raybrain.sweep.arms import spec_config_runs
 
     res = spec.resources
     use_train = res.num_workers > 1 or res.use_gpu is True
@@ -92,8 +92,7 @@ def make_plan(spec: Spec, task, max_configs: int | None = None, stage: str = "se
             n = min(spec.search.num_configs, max_configs or spec.search.num_configs)
 
     def runs_of(c):
-        return plan_config_runs(spec.name, task, {**spec.fixed(), **c}, spec.arms.include,
-                                spec.arms, seeds, spec.data_seed, stage=stage)
+        return spec_config_runs(spec, task, c, seeds, stage=stage)
 
     sample = configs[0] if configs else {k: _first_value(v) for k, v in spec.searched().items()}
     runs = runs_of(sample)

@@ -86,14 +86,12 @@ class StageRunner:
     def _claims(self, plan: SweepPlan, name: str) -> dict[str, Any]:
         """How the stage's trials share its baseline runs: a grid's assignment (every config
         known up front: each trial reads its own share, no actor), else a ledger actor."""
-        from raybrain.sweep.arms import assign_baselines, plan_config_runs
+        from raybrain.sweep.arms import assign_baselines, spec_config_runs
         from raybrain.sweep.trial import BaselineLedger
 
-        spec = self.spec
         if plan.configs is not None:
             assigned = assign_baselines([
-                plan_config_runs(spec.name, self.task, {**spec.fixed(), **c}, spec.arms.include,
-                                 spec.arms, plan.seeds, spec.data_seed, label=c, stage=plan.stage)
+                spec_config_runs(self.spec, self.task, c, plan.seeds, label=c, stage=plan.stage)
                 for c in plan.configs], together=self.vectorise)
             return {"ledger": None, "assigned": assigned, "finished": list(self.finished)}
         ledger_name = f"raybrain-ledger-{name}-{self.spec_hash}"
