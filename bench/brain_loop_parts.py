@@ -62,14 +62,6 @@ def encoder_passes(run, batches) -> float:
     m = run._module()
     m.train()
     c = m.config
-    g = torch.Generator().manual_seed(0)
-
-    def dropped(x):
-        if c.feature_dropout > 0:
-            keep = torch.bernoulli(torch.full(x.shape, 1.0 - c.feature_dropout), generator=g)
-            return x * keep / (1.0 - c.feature_dropout)
-        return x
-
     t0 = time.perf_counter()
     for batch in batches:
         for step in (1, 2):
@@ -77,8 +69,8 @@ def encoder_passes(run, batches) -> float:
             if step == 1 or c.structure_source == "encoder":
                 outs.append(m.embed_brain(batch.brain))
             if c.self_weight > 0:
-                outs += [m.embed_model(dropped(batch.features)),
-                         m.embed_model(dropped(batch.features2))]
+                # the own task's two views (their feature dropout is elementwise: left out)
+                outs += [m.embed_model(batch.features), m.embed_model(batch.features2)]
             sum(o.square().sum() for o in outs).backward()
             m.zero_grad(set_to_none=True)
     with torch.no_grad():
